@@ -1,0 +1,108 @@
+import knexFactory, { type Knex } from 'knex';
+import type { ConnectionTarget, ToolkitConfig } from '../config/config.ts';
+import { ConnectionError, ToolkitError } from '../errors.ts';
+import { startEmbedded, type EmbeddedServer } from './embedded.ts';
+import { networkErrorCode, sqlState, SQLSTATE } from './pg-errors.ts';
+
+/** An open connection pool, and what it points at. Close it with `close()`. */
+export interface Database {
+  readonly knex: Knex;
+  /** `host:port` or the embedded data folder, for messages. */
+  readonly describe: string;
+  readonly embedded: boolean;
+  readonly poolMax: number;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  /** Receives the one line announcing the embedded database. */
+  readonly log?: (line: string) => void;
+}
+
+/** Knex settings for a server target; shared with the benchmark so that it measures the same client. */
+export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poolMax: number): Knex.Config {
+  const ssl = target.ssl === false ? undefined : { ...target.ssl };
+  const connection: Knex.PgConnectionConfig = target.connectionString
+    ? { connectionString: target.connectionString, ...(ssl ? { ssl } : {}) }
+    : {
+        host: target.host,
+        port: target.port,
+        ...(target.user === undefined ? {} : { user: target.user }),
+        ...(target.password === undefined ? {} : { password: target.password }),
+        ...(target.database === undefined ? {} : { database: target.database }),
+        ...(ssl ? { ssl } : {}),
+      };
+  return {
+    client: 'pg',
+    connection: { ...connection, connectionTimeoutMillis: 10_000 } as Knex.PgConnectionConfig,
+    pool: { min: 0, max: poolMax },
+    acquireConnectionTimeout: 120_000,
+  };
+}
+
+/**
+ * Opens the shared pool for the configured target (starting the embedded engine when no
+ * database is configured) and checks that the server answers, so that an unreachable server
+ * is one clear ConnectionError naming host and port instead of a failure deep inside a run.
+ */
+export async function openDatabase(config: ToolkitConfig, options: OpenOptions = {}): Promise<Database> {
+  const target = config.connection;
+  let embedded: EmbeddedServer | undefined;
+  let serverTarget: ConnectionTarget & { kind: 'server' };
+  if (target.kind === 'embedded') {
+    embedded = await startEmbedded(target.dataDir);
+    options.log?.(`Using the embedded PostgreSQL (PGlite with pgvector); data in ${embedded.dataDir}`);
+    serverTarget = {
+      kind: 'server',
+      host: embedded.host,
+      port: embedded.port,
+      user: 'postgres',
+      password: undefined,
+      database: 'postgres',
+      describe: `embedded database at ${embedded.dataDir}`,
+      connectionString: undefined,
+      ssl: false,
+    };
+  } else {
+    serverTarget = target;
+  }
+  // The embedded engine is a single backend: one connection, never a multiplexed second session.
+  const poolMax = embedded ? 1 : config.poolMax;
+  const knex = knexFactory(knexConfigFor(serverTarget, poolMax));
+  const close = async (): Promise<void> => {
+    await knex.destroy();
+    await embedded?.stop();
+  };
+  try {
+    await knex.raw('select 1');
+  } catch (error) {
+    await close().catch(() => undefined);
+    throw connectionFailure(serverTarget.describe, error);
+  }
+  return { knex, describe: serverTarget.describe, embedded: embedded !== undefined, poolMax, close };
+}
+
+/** Runs `cb` with an open database and always closes it. */
+export async function withDatabase<T>(config: ToolkitConfig, cb: (db: Database) => Promise<T>, options: OpenOptions = {}): Promise<T> {
+  const db = await openDatabase(config, options);
+  try {
+    return await cb(db);
+  } finally {
+    await db.close();
+  }
+}
+
+/** Turns a driver error met while connecting into one line naming the server and the reason. */
+export function connectionFailure(where: string, error: unknown): ToolkitError {
+  if (error instanceof ToolkitError) return error;
+  const state = sqlState(error);
+  const network = networkErrorCode(error);
+  const detail = (error as Error | undefined)?.message?.split('\n')[0] ?? String(error);
+  let reason: string;
+  if (network) reason = `${network}${detail.includes(network) ? '' : ` (${detail})`}`;
+  else if (state === SQLSTATE.INVALID_PASSWORD || state === SQLSTATE.INVALID_AUTHORIZATION) reason = `authentication failed: ${detail}`;
+  else if (state === SQLSTATE.INVALID_CATALOG_NAME) reason = detail;
+  else if (/timeout/i.test(detail)) reason = `timed out (${detail})`;
+  else reason = detail;
+  return new ConnectionError(`Cannot connect to PostgreSQL at ${where}: ${reason}`, error);
+}

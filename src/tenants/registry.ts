@@ -1,0 +1,99 @@
+import type { Knex } from 'knex';
+import { RegistryMissingError } from '../errors.ts';
+
+export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED'] as const;
+export type TenantStatus = (typeof TENANT_STATUSES)[number];
+
+/** One row of `public.tenants`. `status` is a string because rows can be edited by hand. */
+export interface Tenant {
+  readonly id: number;
+  readonly orgId: string;
+  readonly schema: string;
+  readonly status: string;
+  /** Why provisioning failed (status FAILED). */
+  readonly error: string | null;
+  /** Why the last `migrate:tenants` failed on this tenant; cleared by the next success. */
+  readonly lastMigrationError: string | null;
+}
+
+const COLUMNS = {
+  id: 'id',
+  orgId: 'clerk_org_id',
+  schema: 'schema_name',
+  status: 'status',
+  error: 'error',
+  lastMigrationError: 'last_migration_error',
+} as const;
+
+function table(knex: Knex | Knex.Transaction): Knex.QueryBuilder {
+  return knex.withSchema('public').from('tenants');
+}
+
+function select(knex: Knex | Knex.Transaction): Knex.QueryBuilder {
+  return table(knex).select(COLUMNS);
+}
+
+function toTenant(row: Record<string, unknown>): Tenant {
+  return {
+    id: Number(row.id),
+    orgId: String(row.orgId),
+    schema: String(row.schema),
+    status: String(row.status),
+    error: (row.error as string | null) ?? null,
+    lastMigrationError: (row.lastMigrationError as string | null) ?? null,
+  };
+}
+
+/** Throws RegistryMissingError (naming `pnpm migrate:master`) when `public.tenants` does not exist. */
+export async function assertRegistry(knex: Knex | Knex.Transaction): Promise<void> {
+  const result = await knex.raw("select to_regclass('public.tenants') is not null as present");
+  if (!result.rows[0]?.present) throw new RegistryMissingError();
+}
+
+export async function findTenantByOrgId(knex: Knex | Knex.Transaction, orgId: string): Promise<Tenant | undefined> {
+  const row = await select(knex).where(COLUMNS.orgId, orgId).first();
+  return row ? toTenant(row) : undefined;
+}
+
+export async function findTenantBySchema(knex: Knex | Knex.Transaction, schema: string): Promise<Tenant | undefined> {
+  const row = await select(knex).where(COLUMNS.schema, schema).first();
+  return row ? toTenant(row) : undefined;
+}
+
+/** All tenants (or those of `orgIds`), in registry order. */
+export async function listTenants(knex: Knex | Knex.Transaction, options: { orgIds?: readonly string[] } = {}): Promise<Tenant[]> {
+  const query = select(knex).orderBy(COLUMNS.id);
+  if (options.orgIds) query.whereIn(COLUMNS.orgId, [...options.orgIds]);
+  return (await query).map(toTenant);
+}
+
+/**
+ * Registers an org as PROVISIONING under `schema` unless the org or the schema name is
+ * already taken; returns the row now registered to the org, or undefined when the schema
+ * name belongs to another org (the caller then tries a longer name).
+ */
+export async function registerTenant(knex: Knex | Knex.Transaction, orgId: string, schema: string): Promise<Tenant | undefined> {
+  await table(knex)
+    .insert({ [COLUMNS.orgId]: orgId, [COLUMNS.schema]: schema, [COLUMNS.status]: 'PROVISIONING' })
+    .onConflict()
+    .ignore();
+  return findTenantByOrgId(knex, orgId);
+}
+
+export async function setTenantStatus(
+  knex: Knex | Knex.Transaction,
+  orgId: string,
+  status: TenantStatus,
+  error: string | null = null,
+): Promise<void> {
+  await table(knex)
+    .where(COLUMNS.orgId, orgId)
+    .update({ [COLUMNS.status]: status, [COLUMNS.error]: error, updated_at: knex.fn.now() });
+}
+
+/** Records (or clears, with null) the last migration error of a tenant, shown by status. */
+export async function setMigrationError(knex: Knex | Knex.Transaction, schema: string, error: string | null): Promise<void> {
+  await table(knex)
+    .where(COLUMNS.schema, schema)
+    .update({ [COLUMNS.lastMigrationError]: error, updated_at: knex.fn.now() });
+}
