@@ -19,6 +19,14 @@ export interface OpenOptions {
   readonly log?: (line: string) => void;
 }
 
+const debugEnabled = (): boolean => Boolean(process.env.DEBUG);
+const quietLog = {
+  warn: (message: unknown) => void (debugEnabled() && process.stderr.write(`knex: ${String(message)}\n`)),
+  error: (message: unknown) => void (debugEnabled() && process.stderr.write(`knex: ${String(message)}\n`)),
+  deprecate: () => undefined,
+  debug: (message: unknown) => void (debugEnabled() && process.stderr.write(`knex: ${String(message)}\n`)),
+};
+
 /** Knex settings for a server target; shared with the benchmark so that it measures the same client. */
 export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poolMax: number): Knex.Config {
   const ssl = target.ssl === false ? undefined : { ...target.ssl };
@@ -37,6 +45,8 @@ export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poo
     connection: { ...connection, connectionTimeoutMillis: 10_000 } as Knex.PgConnectionConfig,
     pool: { min: 0, max: poolMax },
     acquireConnectionTimeout: 120_000,
+    // Knex writes pool and deprecation notices to the console; ours are reported as errors instead.
+    log: quietLog,
   };
 }
 

@@ -1,0 +1,33 @@
+import type { Command } from 'commander';
+import pc from 'picocolors';
+import { withToolkit } from '../context.ts';
+import { createOutput, renderMasterRun, renderProvision, renderStatus } from '../render.ts';
+import { runFanout } from './tenants.ts';
+
+export const DEMO_ORGS = ['default_tenant', 'org_demo_acme', 'org_demo_globex'] as const;
+
+/** `demo`: the whole flow on the embedded default (or the configured database). */
+export function registerDemo(program: Command): void {
+  program
+    .command('demo')
+    .description('migrate master, provision three tenants, migrate tenants and print status')
+    .action(async () => {
+      const out = createOutput(false);
+      await withToolkit({}, async (tk) => {
+        out.line(pc.bold(`1. Master migrations on ${tk.describe}`));
+        const master = await tk.migrateMaster();
+        renderMasterRun(out, master);
+        if (master.error) return void (process.exitCode = 1);
+        out.line(pc.bold('\n2. Provision tenants'));
+        for (const orgId of DEMO_ORGS) {
+          const report = await tk.provisionTenant(orgId);
+          renderProvision(out, report);
+          if (report.outcome === 'failed') process.exitCode = 1;
+        }
+        out.line(pc.bold('\n3. Migrate every tenant'));
+        await runFanout(tk, out, 'migrate:tenants', 'up', {});
+        out.line(pc.bold('\n4. Status'));
+        renderStatus(out, await tk.status());
+      });
+    });
+}

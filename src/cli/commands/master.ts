@@ -1,0 +1,31 @@
+import type { Command } from 'commander';
+import { withToolkit, type CommonOptions } from '../context.ts';
+import { createOutput, renderMasterRun } from '../render.ts';
+
+/** `migrate:master` and `rollback:master`. */
+export function registerMaster(program: Command): void {
+  program
+    .command('migrate:master')
+    .description('apply pending master migrations to the public schema')
+    .option('--json', 'print one JSON document')
+    .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
+    .action(async (options: CommonOptions) => {
+      const out = createOutput(options.json ?? false);
+      const report = await withToolkit(options, (tk) => tk.migrateMaster());
+      renderMasterRun(out, report);
+      if (report.error) process.exitCode = 1;
+    });
+
+  program
+    .command('rollback:master')
+    .description('roll back the last batch of master migrations')
+    .option('--all', 'roll back every batch')
+    .option('--json', 'print one JSON document')
+    .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
+    .action(async (options: CommonOptions & { all?: boolean }) => {
+      const out = createOutput(options.json ?? false);
+      const report = await withToolkit(options, (tk) => tk.rollbackMaster({ all: options.all ?? false }));
+      renderMasterRun(out, report);
+      if (report.error) process.exitCode = 1;
+    });
+}

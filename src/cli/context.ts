@@ -1,0 +1,49 @@
+import pc from 'picocolors';
+import { configFromEnvironment } from '../config/env.ts';
+import { parseDuration, type ToolkitConfig } from '../config/config.ts';
+import { UsageError } from '../errors.ts';
+import { openToolkit, type Toolkit } from '../toolkit.ts';
+
+/** Options every command accepts. */
+export interface CommonOptions {
+  readonly json?: boolean;
+  readonly verbose?: boolean;
+  readonly lockTimeout?: string;
+}
+
+/**
+ * Reads the environment, applies command-line overrides, opens the toolkit, runs `cb`, and
+ * always closes the pool and the embedded engine. The embedded notice goes to stderr so that
+ * `--json` keeps stdout to one JSON document.
+ */
+export async function withToolkit<T>(options: CommonOptions, cb: (toolkit: Toolkit) => Promise<T>): Promise<T> {
+  const toolkit = await openToolkit(withOverrides(configFromEnvironment(), options), {
+    log: (line) => process.stderr.write(`${pc.dim(line)}\n`),
+  });
+  try {
+    return await cb(toolkit);
+  } finally {
+    await toolkit.close();
+  }
+}
+
+function withOverrides(config: ToolkitConfig, options: CommonOptions): ToolkitConfig {
+  if (options.lockTimeout === undefined) return config;
+  const ms = parseDuration(options.lockTimeout);
+  if (ms === undefined) throw new UsageError(`--lock-timeout must be a duration such as 500ms, 5s or 2m, got "${options.lockTimeout}"`);
+  return { ...config, lockTimeoutMs: ms };
+}
+
+/** Parses a positive whole number flag, or throws a UsageError naming it. */
+export function positiveInteger(flag: string) {
+  return (raw: string): number => {
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || value < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got "${raw}"`);
+    return value;
+  };
+}
+
+/** Collects a repeatable flag's values. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}

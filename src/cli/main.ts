@@ -1,0 +1,60 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import pc from 'picocolors';
+import { connectionFailure } from '../db/connection.ts';
+import { networkErrorCode } from '../db/pg-errors.ts';
+import { ToolkitError } from '../errors.ts';
+import { registerDemo } from './commands/demo.ts';
+import { registerMake } from './commands/make.ts';
+import { registerMaster } from './commands/master.ts';
+import { registerMigrate } from './commands/migrate.ts';
+import { registerProvision } from './commands/provision.ts';
+import { registerStatus } from './commands/status.ts';
+import { registerTenants } from './commands/tenants.ts';
+
+/** The one CLI entry point behind the package.json scripts. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = new Command('tenant-migrate')
+    .description('Schema-per-tenant migrations for PostgreSQL on Knex')
+    .option('--verbose', 'show stack traces for errors (also: DEBUG=1)')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  for (const register of [registerMaster, registerMake, registerProvision, registerTenants, registerMigrate, registerStatus, registerDemo]) {
+    register(program);
+  }
+  program.commands.forEach((c) => c.exitOverride().option('--verbose', 'show stack traces for errors (also: DEBUG=1)'));
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return Number(process.exitCode ?? 0);
+  } catch (error) {
+    const verbose = argv.includes('--verbose') || Boolean(process.env.DEBUG);
+    return report(error, verbose);
+  }
+}
+
+/** Prints an error as one line (stack only when verbose) and returns the exit code. */
+function report(error: unknown, verbose: boolean): number {
+  if (error instanceof CommanderError) {
+    // Commander has printed its own message; help and version are not errors.
+    return error.exitCode === 0 || error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
+  }
+  let known: ToolkitError | undefined = error instanceof ToolkitError ? error : undefined;
+  if (!known && networkErrorCode(error)) known = connectionFailure('the database', error);
+  const message = known ? known.message : `unexpected error: ${(error as Error)?.message ?? String(error)}`;
+  process.stderr.write(`${pc.red('error:')} ${message}\n`);
+  if (verbose) process.stderr.write(`${(error as Error)?.stack ?? ''}\n${causeChain(error)}`);
+  else if (!known) process.stderr.write(pc.dim('(run with --verbose or DEBUG=1 for the stack trace)\n'));
+  return known?.exitCode ?? 1;
+}
+
+function causeChain(error: unknown): string {
+  let text = '';
+  for (let cause = (error as Error)?.cause, depth = 0; cause && depth < 5; cause = (cause as Error).cause, depth++) {
+    text += `caused by: ${(cause as Error).stack ?? String(cause)}\n`;
+  }
+  return text;
+}
+
+const code = await main(process.argv.slice(2));
+process.exitCode = code;
