@@ -1,0 +1,64 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ROOT } from './server.ts';
+
+/** One whole CLI command: wall time from spawn to exit, and the child's peak RSS. */
+export interface CommandRun {
+  readonly ms: number;
+  readonly maxRssKb: number | null;
+  readonly stdoutTail: string;
+}
+
+const ENTRY = path.join(ROOT, 'src', 'cli', 'main.ts');
+// `--import tsx` would resolve from the child's working folder; name the loader by path.
+const TSX = pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+const MAX_RSS = pathToFileURL(path.join(ROOT, 'bench', 'max-rss.ts')).href;
+/** A deploy that takes longer than this is a hang, not a measurement. */
+const TIMEOUT_MS = 30 * 60_000;
+/** Variables of the user's shell that must not reach the child: the bench names its database and folders itself. */
+const SCRUBBED = /^(DATABASE_URL|DB_.*|TENANT_.*|MASTER_.*|LOCK_TIMEOUT|PGLITE_DATA_DIR|DEBUG)$/;
+
+/**
+ * Runs `src/cli/main.ts <args>` as users do (`pnpm migrate:tenants` is `tsx src/cli/main.ts
+ * migrate:tenants`, without pnpm's own start-up), timed from spawn to exit. The child runs in
+ * an empty folder so that no `.env` leaks in, with exactly `env` for its configuration.
+ * Output is read and dropped (its last lines are kept for error messages). Throws on a
+ * non-zero exit.
+ */
+export async function runCommand(args: readonly string[], env: Record<string, string>): Promise<CommandRun> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-cli-'));
+  const rssFile = path.join(dir, 'max-rss');
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.test(k)));
+  try {
+    const started = performance.now();
+    const child = spawn(process.execPath, ['--import', TSX, '--import', MAX_RSS, ENTRY, ...args], {
+      cwd: dir,
+      env: { ...base, NO_COLOR: '1', FORCE_COLOR: '0', ...env, BENCH_MAX_RSS_FILE: rssFile },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let tail = '';
+    const keep = (chunk: Buffer): void => void (tail = (tail + chunk.toString()).slice(-4000));
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (c) => resolve(c));
+    });
+    clearTimeout(timer);
+    const ms = performance.now() - started;
+    if (code !== 0) throw new Error(`${args.join(' ')} exited with ${code}:\n${tail}`);
+    let maxRssKb: number | null = null;
+    try {
+      maxRssKb = Number(readFileSync(rssFile, 'utf8'));
+    } catch {
+      // No file: the child died before its exit handler; the time still stands.
+    }
+    return { ms, maxRssKb, stdoutTail: tail };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,146 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Measurement } from './variants/types.ts';
+
+/** Every value of one metric over all runs, summarised. */
+export interface Summary {
+  readonly metric: string;
+  readonly label: string;
+  readonly unit: 'ms' | 'kB';
+  readonly tenants: number;
+  readonly n: number;
+  readonly median: number;
+  readonly p95: number;
+  readonly min: number;
+  readonly max: number;
+  readonly values: readonly number[];
+}
+
+/** A target from the issue, for context: computed and shown, never asserted. */
+export interface TargetCheck {
+  readonly target: string;
+  readonly actual: string;
+  readonly met: boolean;
+}
+
+const LABELS: Record<string, string> = {
+  'migrate.naive': 'migrate — naive loop (Knex per tenant)',
+  'migrate.toolkit': 'migrate — toolkit migrate:tenants (whole command)',
+  'migrate.floor': 'migrate — floor (raw SQL, pool-size connections)',
+  'noop.naive': 'no-op rerun — naive loop',
+  'noop.toolkit': 'no-op rerun — toolkit (whole command)',
+  'noop.toolkit.big': 'no-op rerun — toolkit (whole command)',
+  'status.toolkit.big': 'migrate:status — toolkit (whole command)',
+  'migrate.toolkit.big': 'migrate — toolkit migrate:tenants (1 run)',
+  'provision.toolkit': 'provision one tenant — provisionTenant',
+  'provision.floor': 'provision one tenant — floor (one transaction)',
+  'rss.migrate': 'peak RSS — migrate:tenants',
+  'rss.migrate.big': 'peak RSS — migrate:tenants (1 run)',
+  'rss.noop.big': 'peak RSS — no-op migrate:tenants',
+};
+const ORDER = Object.keys(LABELS);
+
+/** Groups measurements by metric (values of all repeats together) in a fixed order. */
+export function summarise(measurements: readonly Measurement[]): Summary[] {
+  const byMetric = new Map<string, Measurement[]>();
+  for (const m of measurements) byMetric.set(m.metric, [...(byMetric.get(m.metric) ?? []), m]);
+  const rank = (metric: string): number => (ORDER.includes(metric) ? ORDER.indexOf(metric) : ORDER.length);
+  return [...byMetric.entries()]
+    .sort(([a], [b]) => rank(a) - rank(b))
+    .map(([metric, list]) => {
+      const values = list.flatMap((m) => m.values);
+      const sorted = [...values].sort((a, b) => a - b);
+      return {
+        metric,
+        label: LABELS[metric] ?? metric,
+        unit: list[0]!.unit,
+        tenants: list[0]!.tenants,
+        n: values.length,
+        median: percentile(sorted, 50),
+        p95: percentile(sorted, 95),
+        min: sorted[0] ?? NaN,
+        max: sorted[sorted.length - 1] ?? NaN,
+        values,
+      };
+    });
+}
+
+/** Nearest-rank percentile of sorted values (the median of two values is their mean). */
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  if (p === 50 && sorted.length % 2 === 0) return (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/** The issue's targets, computed from what was measured (missing ones are left out). */
+export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
+  const get = (metric: string): Summary | undefined => summaries.find((s) => s.metric === metric);
+  const checks: TargetCheck[] = [];
+  const toolkit = get('migrate.toolkit');
+  const floor = get('migrate.floor');
+  const naive = get('migrate.naive');
+  if (toolkit && floor) {
+    const ratio = toolkit.median / floor.median;
+    checks.push({ target: `migrate:tenants ≤ 1.25× the floor (N=${toolkit.tenants})`, actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.25 });
+  }
+  if (toolkit && naive) {
+    const ratio = naive.median / toolkit.median;
+    checks.push({ target: `migrate:tenants ≥ 4× faster than the naive loop (N=${toolkit.tenants})`, actual: `${ratio.toFixed(1)}× faster`, met: ratio >= 4 });
+  }
+  for (const [metric, limitMs] of [['noop.toolkit', 2000], ['noop.toolkit.big', 3000]] as const) {
+    const s = get(metric);
+    if (s) checks.push({ target: `no-op rerun ≤ ${limitMs / 1000} s at ${s.tenants} tenants`, actual: formatValue(s.median, 'ms'), met: s.median <= limitMs });
+  }
+  const provToolkit = get('provision.toolkit');
+  const provFloor = get('provision.floor');
+  if (provToolkit && provFloor) {
+    const ratio = provToolkit.median / provFloor.median;
+    checks.push({ target: 'provisioning p50 ≤ 1.5× the floor for one tenant', actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.5 });
+  }
+  const rssSmall = get('rss.migrate');
+  const rssBig = get('rss.migrate.big');
+  if (rssSmall && rssBig) {
+    const ratio = rssBig.median / rssSmall.median;
+    checks.push({ target: `peak RSS at ${rssBig.tenants} ≤ 1.5× at ${rssSmall.tenants} tenants`, actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.5 });
+  }
+  return checks;
+}
+
+export function formatValue(value: number, unit: 'ms' | 'kB'): string {
+  if (!Number.isFinite(value)) return '-';
+  if (unit === 'kB') return `${(value / 1024).toFixed(0)} MB`;
+  if (value < 10) return `${value.toFixed(2)} ms`;
+  if (value < 1000) return `${value.toFixed(1)} ms`;
+  return `${(value / 1000).toFixed(2)} s`;
+}
+
+/** The table printed at the end of a run. */
+export function renderTable(summaries: readonly Summary[], checks: readonly TargetCheck[]): string {
+  const floor = summaries.find((s) => s.metric === 'migrate.floor');
+  const rows = summaries.map((s) => {
+    const perTenant = s.unit === 'ms' && s.tenants > 1 ? formatValue(s.median / s.tenants, 'ms') : '';
+    const vsFloor = floor && s.metric.startsWith('migrate.') && s.tenants === floor.tenants ? `${(s.median / floor.median).toFixed(2)}×` : '';
+    const spread = s.n > 1 ? `${formatValue(s.min, s.unit)} – ${formatValue(s.max, s.unit)}` : '';
+    return [s.label, String(s.tenants), String(s.n), formatValue(s.median, s.unit), s.n >= 10 ? formatValue(s.p95, s.unit) : '', spread, perTenant, vsFloor];
+  });
+  const lines = [columns(['measurement', 'tenants', 'runs', 'median', 'p95', 'min – max', 'per tenant', 'vs floor'], rows)];
+  if (checks.length > 0) {
+    lines.push('', 'Targets (context only, not asserted):');
+    for (const c of checks) lines.push(`  ${c.met ? 'met   ' : 'MISSED'}  ${c.target}: ${c.actual}`);
+  }
+  return lines.join('\n');
+}
+
+function columns(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Writes the JSON document (creating its folder) and returns its path. */
+export function writeJson(file: string, document: unknown): string {
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, `${JSON.stringify(document, null, 2)}\n`);
+  return file;
+}

@@ -1,0 +1,39 @@
+import { runCommand } from '../cli.ts';
+import { seedFleet, verifyFleet } from '../seed.ts';
+import { withFreshDatabase } from '../server.ts';
+import { toolkitEnv } from './toolkit.ts';
+import type { Measurement, Variant } from './types.ts';
+
+/**
+ * The large fleet (default 10,000 tenants), built once: `migrate:tenants` over it (its time
+ * and peak RSS), then the no-op rerun and `migrate:status`, alternated `repeat` times, each
+ * as the whole command. Status prints its full table, read and dropped as a pipe would.
+ */
+export const big: Variant = {
+  name: 'big',
+  description: 'large fleet: migrate:tenants once, then no-op reruns and migrate:status',
+  run: (ctx) =>
+    withFreshDatabase(ctx.server, 'big', async (database): Promise<Measurement[]> => {
+      await seedFleet(ctx.server, database, ctx.big);
+      const env = toolkitEnv(ctx.server, database);
+      const migrate = await runCommand(['migrate:tenants'], env);
+      await verifyFleet(ctx.server, database, ctx.big);
+      ctx.log(`  migrate:tenants over ${ctx.big} tenants: ${(migrate.ms / 1000).toFixed(1)} s`);
+      const noop: number[] = [];
+      const noopRss: number[] = [];
+      const status: number[] = [];
+      for (let r = 0; r < ctx.repeat; r++) {
+        const run = await runCommand(['migrate:tenants'], env);
+        noop.push(run.ms);
+        if (run.maxRssKb !== null) noopRss.push(run.maxRssKb);
+        status.push((await runCommand(['migrate:status'], env)).ms);
+      }
+      return [
+        { metric: 'migrate.toolkit.big', unit: 'ms', tenants: ctx.big, values: [migrate.ms] },
+        { metric: 'noop.toolkit.big', unit: 'ms', tenants: ctx.big, values: noop },
+        { metric: 'status.toolkit.big', unit: 'ms', tenants: ctx.big, values: status },
+        ...(migrate.maxRssKb === null ? [] : [{ metric: 'rss.migrate.big', unit: 'kB' as const, tenants: ctx.big, values: [migrate.maxRssKb] }]),
+        { metric: 'rss.noop.big', unit: 'kB', tenants: ctx.big, values: noopRss },
+      ];
+    }),
+};
