@@ -46,3 +46,5 @@ export async function provisionTenant(
     await toolkit.close();
   }
 }
+export { createTenantClient, type TenantClient, type TenantClientOptions, type TenantClientStats, type TenantScope, type LazyMigrationEvent } from './runtime/client.ts';
+export { TenantAccessError, TenantNotFoundError, TenantUnavailableError, type TenantUnavailableReason } from './runtime/errors.ts';

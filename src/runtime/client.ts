@@ -1,0 +1,242 @@
+import type { Knex } from 'knex';
+import { parseDuration, DEFAULTS } from '../config/config.ts';
+import { tenantSearchPath } from '../db/identifiers.ts';
+import { sqlState, SQLSTATE } from '../db/pg-errors.ts';
+import { ConfigError, describeError, RegistryMissingError } from '../errors.ts';
+import type { MigrationSource } from '../migrations/source.ts';
+import { validateOrgId } from '../tenants/naming.ts';
+import { findTenantByOrgId } from '../tenants/registry.ts';
+import { ExpiringLru } from './cache.ts';
+import { reasonForStatus, TenantNotFoundError, TenantUnavailableError } from './errors.ts';
+import { LazyMigrator, type LazyMigrationEvent } from './lazy.ts';
+
+export type { LazyMigrationEvent };
+
+export interface TenantClientOptions {
+  /** The application's one shared pool. The client never closes it. */
+  readonly knex: Knex;
+  /** Tenant migrations for lazy migration, e.g. `folderSource('tenant-migrations')`. */
+  readonly migrations?: MigrationSource;
+  /** Bring each tenant up to date on its first use in this process (default: true when `migrations` is given). */
+  readonly lazyMigrate?: boolean;
+  /** Registry lookups kept in memory: at most `max` tenants (default 1000), each for `ttlMs` (default 60 s). */
+  readonly cache?: { readonly max?: number; readonly ttlMs?: number };
+  /** `lock_timeout` inside lazy migration transactions, in ms (default 10 s; 0 waits forever). */
+  readonly lockTimeoutMs?: number;
+  /** A lazy migration failed; the tenant is served at its current version. Default: one line on `console.warn`. */
+  readonly onLazyMigrationError?: (event: LazyMigrationEvent) => void;
+  /** Every lazy migration run, successful or not (for logs and metrics). */
+  readonly onLazyMigration?: (event: LazyMigrationEvent) => void;
+  /** Milliseconds clock for the cache's TTL (default `Date.now`); tests hand in one they can move. */
+  readonly clock?: () => number;
+}
+
+/** What the callback is told about the tenant it runs for. */
+export interface TenantScope {
+  readonly orgId: string;
+  readonly schema: string;
+}
+
+export interface TenantClientStats {
+  /** Tenants in the lookup cache now. */
+  readonly cached: number;
+  /** Calls that made no registry lookup of their own (served from the cache, or joined a lookup in flight). */
+  readonly cacheHits: number;
+  /** Registry lookups made (cache misses, expired entries and re-checks after a stale entry). */
+  readonly registryLookups: number;
+  readonly lazyMigrationRuns: number;
+  readonly lazyMigrationFailures: number;
+}
+
+/** Tenant-scoped access for an application: create one per process over its shared pool. */
+export interface TenantClient {
+  /**
+   * Runs `cb` in a transaction whose search_path is the tenant's schema then `public`, for that
+   * transaction only, and commits (or rolls back if `cb` throws, rethrowing its error). Throws
+   * TenantNotFoundError or TenantUnavailableError, without running `cb`, for an org that is not
+   * registered, not ACTIVE, or whose schema is missing. Do not call it again inside `cb`: on a
+   * pool of one connection the inner call would wait for the outer one forever.
+   */
+  withTenant<T>(orgId: string, cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>): Promise<T>;
+  /** Drops one org (or every org) from the lookup cache, e.g. from an `organization.deleted` webhook. */
+  invalidate(orgId?: string): void;
+  stats(): TenantClientStats;
+}
+
+interface CachedTenant extends TenantScope {
+  readonly lastMigrationError: string | null;
+}
+
+const DEFAULT_CACHE_MAX = 1000;
+const DEFAULT_CACHE_TTL_MS = 60_000;
+
+/**
+ * One statement scopes the transaction and proves the scope is safe: it sets the search_path
+ * for this transaction only (a bound value, so it cannot outlive COMMIT/ROLLBACK), checks the
+ * schema exists (PostgreSQL silently skips a missing schema on the path and would resolve the
+ * callback's tables in public), and re-reads the registry row of this org AND this schema, so
+ * that a cached entry never sends an org to a schema that is no longer registered to it.
+ */
+const SCOPE_SQL = `select set_config('search_path', ?, true) as search_path,
+       exists (select 1 from pg_catalog.pg_namespace where nspname = ?) as schema_exists,
+       (select status from public.tenants where clerk_org_id = ? and schema_name = ?) as status`;
+
+/** The cached entry no longer matches the registry: look the org up again. */
+class StaleEntry extends Error {}
+
+/**
+ * Creates the tenant-aware client. Per `withTenant`: on a cache hit, four round trips (BEGIN,
+ * the scoping statement, COMMIT, plus the callback's own); a miss adds one registry lookup.
+ * Throws ConfigError listing every invalid option.
+ */
+export function createTenantClient(options: TenantClientOptions): TenantClient {
+  const settings = validate(options);
+  const { knex } = options;
+  const now = options.clock ?? Date.now;
+  const cache = new ExpiringLru<string, CachedTenant>(settings.max, now);
+  const lookups = new Map<string, Promise<CachedTenant>>();
+  const counters = { hits: 0, lookups: 0 };
+  const lazy =
+    settings.lazyMigrate && options.migrations
+      ? new LazyMigrator({
+          knex,
+          source: options.migrations,
+          settings: { lockTimeoutMs: settings.lockTimeoutMs },
+          max: settings.max,
+          retryAfterMs: settings.ttlMs,
+          now,
+          onError: options.onLazyMigrationError ?? warnLazyFailure,
+          onRun: options.onLazyMigration,
+        })
+      : undefined;
+
+  const lookup = async (orgId: string): Promise<CachedTenant> => {
+    counters.lookups++;
+    const row = await registryQuery(() => findTenantByOrgId(knex, orgId));
+    if (!row) throw new TenantNotFoundError(orgId);
+    if (row.status !== 'ACTIVE') throw new TenantUnavailableError(orgId, row.schema, row.status, reasonForStatus(row.status));
+    // Only ACTIVE tenants are cached: an org being provisioned must be served as soon as it is ready.
+    const tenant: CachedTenant = { orgId, schema: row.schema, lastMigrationError: row.lastMigrationError };
+    cache.set(orgId, tenant, settings.ttlMs);
+    return tenant;
+  };
+
+  const resolve = (orgId: string, fresh: boolean): Promise<CachedTenant> => {
+    if (!fresh) {
+      const hit = cache.get(orgId);
+      if (hit) {
+        counters.hits++;
+        return Promise.resolve(hit);
+      }
+      // Concurrent misses for one org share one lookup (counted as hits: they made none of their own).
+      const pending = lookups.get(orgId);
+      if (pending) {
+        counters.hits++;
+        return pending;
+      }
+    }
+    const pending = lookup(orgId).finally(() => {
+      if (lookups.get(orgId) === pending) lookups.delete(orgId);
+    });
+    lookups.set(orgId, pending);
+    return pending;
+  };
+
+  const scope = async (trx: Knex.Transaction, tenant: CachedTenant): Promise<void> => {
+    const result = await registryQuery(() => trx.raw(SCOPE_SQL, [tenantSearchPath(tenant.schema), tenant.schema, tenant.orgId, tenant.schema]));
+    const row = result.rows[0] as { schema_exists: boolean; status: string | null };
+    if (row.status === null) {
+      cache.delete(tenant.orgId);
+      throw new StaleEntry();
+    }
+    if (row.status !== 'ACTIVE') {
+      cache.delete(tenant.orgId);
+      throw new TenantUnavailableError(tenant.orgId, tenant.schema, row.status, reasonForStatus(row.status));
+    }
+    if (!row.schema_exists) {
+      cache.delete(tenant.orgId);
+      throw new TenantUnavailableError(tenant.orgId, tenant.schema, row.status, 'schema-missing');
+    }
+  };
+
+  return {
+    async withTenant<T>(orgId: string, cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>): Promise<T> {
+      try {
+        validateOrgId(orgId);
+      } catch (error) {
+        throw new TenantNotFoundError(String(orgId), `the org id is malformed (${describeError(error)})`);
+      }
+      for (let attempt = 0; ; attempt++) {
+        const tenant = await resolve(orgId, attempt > 0);
+        // Before the transaction: the migration needs a connection of its own, and on a pool
+        // of one, holding ours while waiting for it would never end.
+        if (lazy) await lazy.ensure(tenant);
+        try {
+          return await knex.transaction(async (trx) => {
+            await scope(trx, tenant);
+            return cb(trx, { orgId: tenant.orgId, schema: tenant.schema });
+          });
+        } catch (error) {
+          if (!(error instanceof StaleEntry)) throw error;
+          // The registry changed under the cache (row deleted or re-pointed): one fresh look says
+          // what is true now; a second mismatch means it is changing as we look.
+          if (attempt > 0) throw new TenantNotFoundError(orgId, 'its registry row changed while it was being looked up');
+        }
+      }
+    },
+    invalidate(orgId?: string): void {
+      if (orgId === undefined) {
+        cache.clear();
+        lazy?.clear();
+      } else {
+        cache.delete(orgId);
+      }
+    },
+    stats: () => ({
+      cached: cache.size,
+      cacheHits: counters.hits,
+      registryLookups: counters.lookups,
+      lazyMigrationRuns: lazy?.runs ?? 0,
+      lazyMigrationFailures: lazy?.failures ?? 0,
+    }),
+  };
+}
+
+/** A missing `public.tenants` is the operator's mistake (master migrations not run): say so. */
+async function registryQuery<T>(query: () => Promise<T>): Promise<T> {
+  try {
+    return await query();
+  } catch (error) {
+    if (sqlState(error) === SQLSTATE.UNDEFINED_TABLE && /\btenants\b/.test(describeError(error))) throw new RegistryMissingError();
+    throw error;
+  }
+}
+
+interface Settings {
+  readonly max: number;
+  readonly ttlMs: number;
+  readonly lockTimeoutMs: number;
+  readonly lazyMigrate: boolean;
+}
+
+/** Checks every option in one pass and reports all problems together. */
+function validate(options: TenantClientOptions): Settings {
+  const problems: string[] = [];
+  if (!options || typeof (options.knex as unknown) !== 'function') problems.push('knex: pass the application\'s Knex instance');
+  const max = options?.cache?.max ?? DEFAULT_CACHE_MAX;
+  if (!Number.isInteger(max) || max < 1) problems.push(`cache.max must be a whole number of at least 1, got ${String(max)}`);
+  const ttlMs = options?.cache?.ttlMs ?? DEFAULT_CACHE_TTL_MS;
+  if (typeof ttlMs !== 'number' || Number.isNaN(ttlMs) || ttlMs < 0) problems.push(`cache.ttlMs must be 0 or more milliseconds, got ${String(ttlMs)}`);
+  const lockTimeoutMs = options?.lockTimeoutMs ?? parseDuration(DEFAULTS.lockTimeout)!;
+  if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 0) problems.push(`lockTimeoutMs must be a whole number of 0 or more, got ${String(lockTimeoutMs)}`);
+  const lazyMigrate = options?.lazyMigrate ?? options?.migrations !== undefined;
+  if (lazyMigrate && options?.migrations === undefined) problems.push('lazyMigrate needs migrations (e.g. folderSource(\'tenant-migrations\'))');
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { max, ttlMs, lockTimeoutMs, lazyMigrate };
+}
+
+function warnLazyFailure(event: LazyMigrationEvent): void {
+  const where = event.error?.migration ? ` at ${event.error.migration}` : '';
+  console.warn(`tenant-migrate: lazy migration of ${event.orgId} (${event.schema}) failed${where}: ${event.error?.message ?? 'unknown error'}; serving it at its current version`);
+}
+

@@ -1,0 +1,66 @@
+import { ToolkitError } from '../errors.ts';
+
+/**
+ * Why a tenant cannot be served right now: still being provisioned, provisioning failed, its
+ * registry row has a status set by hand, or its schema is missing from the database.
+ */
+export type TenantUnavailableReason = 'provisioning' | 'failed' | 'inactive' | 'schema-missing';
+
+/**
+ * Base of the errors `withTenant` throws before running the callback. `httpStatus` is the
+ * answer an application usually maps it to; the callback never ran and nothing was written.
+ */
+export abstract class TenantAccessError extends ToolkitError {
+  readonly orgId: string;
+  abstract readonly httpStatus: 404 | 503;
+
+  constructor(code: string, orgId: string, message: string) {
+    super(code, message);
+    this.orgId = orgId;
+  }
+}
+
+/** No tenant is registered for this org id (or the id is malformed): usually a 404. */
+export class TenantNotFoundError extends TenantAccessError {
+  readonly httpStatus = 404 as const;
+
+  constructor(orgId: string, detail = 'no tenant is registered for it') {
+    super('E_TENANT_NOT_FOUND', orgId, `Tenant ${JSON.stringify(orgId)} not found: ${detail}`);
+  }
+}
+
+/** The tenant is registered but cannot be served (see `reason`): usually a 503. */
+export class TenantUnavailableError extends TenantAccessError {
+  readonly httpStatus = 503 as const;
+  readonly reason: TenantUnavailableReason;
+  readonly schema: string;
+  /** The registry status when the check was made (`ACTIVE` for a missing schema). */
+  readonly status: string;
+
+  constructor(orgId: string, schema: string, status: string, reason: TenantUnavailableReason) {
+    super('E_TENANT_UNAVAILABLE', orgId, `Tenant ${orgId} (${schema}) is unavailable: ${describeReason(reason, status)}`);
+    this.reason = reason;
+    this.schema = schema;
+    this.status = status;
+  }
+}
+
+/** The reason for a registry status other than ACTIVE. */
+export function reasonForStatus(status: string): TenantUnavailableReason {
+  if (status === 'PROVISIONING') return 'provisioning';
+  if (status === 'FAILED') return 'failed';
+  return 'inactive';
+}
+
+function describeReason(reason: TenantUnavailableReason, status: string): string {
+  switch (reason) {
+    case 'provisioning':
+      return 'it is still being provisioned';
+    case 'failed':
+      return 'its provisioning failed (provision it again)';
+    case 'schema-missing':
+      return 'its schema does not exist in the database (refusing to fall through to public)';
+    case 'inactive':
+      return `its registry status is ${status}, not ACTIVE`;
+  }
+}

@@ -1,0 +1,136 @@
+import type { Knex } from 'knex';
+import { describeError, ToolkitError } from '../errors.ts';
+import { sqlState } from '../db/pg-errors.ts';
+import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
+import { runSchema, type RunFailure, type RunSettings } from '../migrations/runner.ts';
+import type { Migration, MigrationSource } from '../migrations/source.ts';
+import { tenantTarget } from '../migrations/targets.ts';
+import { setMigrationError } from '../tenants/registry.ts';
+import { ExpiringLru } from './cache.ts';
+
+/** One lazy migration run of one tenant, as reported to the hooks. */
+export interface LazyMigrationEvent {
+  readonly orgId: string;
+  readonly schema: string;
+  readonly outcome: 'migrated' | 'up-to-date' | 'failed';
+  /** Migrations applied and committed by this run. */
+  readonly migrations: readonly string[];
+  readonly error: RunFailure | null;
+  readonly durationMs: number;
+}
+
+export interface LazyMigratorOptions {
+  readonly knex: Knex;
+  readonly source: MigrationSource;
+  readonly settings: RunSettings;
+  /** Schemas remembered as migrated (least recently used beyond it run again, finding nothing to do). */
+  readonly max: number;
+  /** A failed run is retried by the first request after this long. */
+  readonly retryAfterMs: number;
+  readonly now: () => number;
+  readonly onError: (event: LazyMigrationEvent) => void;
+  readonly onRun: ((event: LazyMigrationEvent) => void) | undefined;
+}
+
+interface LoadedMigrations {
+  readonly migrations: readonly Migration[];
+  readonly recorded: ReadonlySet<string>;
+}
+
+/**
+ * Brings a tenant up to date on its first use in this process, with the same schema runner as
+ * `migrate:tenants` (its advisory lock makes concurrent processes queue, the later finding
+ * nothing to do). Concurrent first uses in this process share one run. Never throws: a failed
+ * run is reported to `onError`, recorded in the registry for `status`, and retried after
+ * `retryAfterMs`; meanwhile the tenant is served at the version it has.
+ */
+export class LazyMigrator {
+  readonly #options: LazyMigratorOptions;
+  readonly #runs: ExpiringLru<string, Promise<void>>;
+  #loaded: Promise<LoadedMigrations> | undefined;
+  /** `last_migration_error` values this process wrote, by schema. */
+  readonly #written: ExpiringLru<string, string | null>;
+  runs = 0;
+  failures = 0;
+
+  constructor(options: LazyMigratorOptions) {
+    this.#options = options;
+    this.#runs = new ExpiringLru(options.max, options.now);
+    this.#written = new ExpiringLru(options.max, options.now);
+  }
+
+  /** Resolves once the tenant has been brought up to date (or the attempt has failed and been reported). */
+  ensure(tenant: { readonly orgId: string; readonly schema: string; readonly lastMigrationError: string | null }): Promise<void> {
+    const known = this.#runs.get(tenant.schema);
+    if (known) return known;
+    // Stored before the first await, so that every concurrent caller finds this very run.
+    const run = this.#run(tenant);
+    this.#runs.set(tenant.schema, run, Infinity);
+    return run;
+  }
+
+  async #run(tenant: { readonly orgId: string; readonly schema: string; readonly lastMigrationError: string | null }): Promise<void> {
+    this.runs++;
+    const started = this.#options.now();
+    const { knex, settings } = this.#options;
+    const who = { orgId: tenant.orgId, schema: tenant.schema };
+    let event: LazyMigrationEvent;
+    try {
+      const { migrations, recorded } = await this.#load();
+      const report = await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, 'up');
+      event = { ...who, outcome: report.outcome, migrations: report.migrations, error: report.error, durationMs: this.#options.now() - started };
+      if (report.migrations.length > 0) {
+        const applied = new Set(report.migrations);
+        await recordChecksums(knex, 'tenant', migrations.filter((m) => applied.has(m.name)), recorded).catch(() => undefined);
+      }
+    } catch (error) {
+      // Only loading (a bad file, a checksum mismatch) or the server itself can land here: runSchema reports, it does not throw.
+      const code = error instanceof ToolkitError ? error.code : (sqlState(error) ?? null);
+      event = { ...who, outcome: 'failed', migrations: [], error: { migration: null, message: describeError(error), code }, durationMs: this.#options.now() - started };
+    }
+    // Bookkeeping for `status` (best effort: it must not fail the request). The registry row was
+    // read when the tenant was looked up; what this process wrote since is remembered here.
+    const message = event.error?.message ?? null;
+    const written = this.#written.get(tenant.schema);
+    const known = written === undefined ? tenant.lastMigrationError : written;
+    if (message !== known) {
+      await setMigrationError(knex, tenant.schema, message).then(
+        () => this.#written.set(tenant.schema, message, Infinity),
+        () => undefined,
+      );
+    }
+    if (event.outcome === 'failed') {
+      this.failures++;
+      this.#runs.set(tenant.schema, Promise.resolve(), this.#options.retryAfterMs);
+      report(this.#options.onError, event);
+    }
+    if (this.#options.onRun) report(this.#options.onRun, event);
+  }
+
+  /** Loads the migrations and refuses edited files once per process; a failure is retried by the next run. */
+  #load(): Promise<LoadedMigrations> {
+    this.#loaded ??= (async () => {
+      const migrations = await this.#options.source.load();
+      const recorded = await verifyChecksums(this.#options.knex, 'tenant', migrations);
+      return { migrations, recorded };
+    })();
+    const loading = this.#loaded;
+    loading.catch(() => {
+      if (this.#loaded === loading) this.#loaded = undefined;
+    });
+    return loading;
+  }
+
+  /** Forgets which schemas were migrated (they run again on their next use). */
+  clear(): void {
+    this.#runs.clear();
+  }
+}
+
+function report(hook: (event: LazyMigrationEvent) => void, event: LazyMigrationEvent): void {
+  try {
+    hook(event);
+  } catch {
+    // A logging hook that throws must not turn a served request into a failed one.
+  }
+}
