@@ -58,7 +58,7 @@ export async function recordChecksums(
       `create table if not exists public.${TABLE} (
          scope varchar(16) not null,
          name varchar(255) not null,
-         checksum char(64) not null,
+         checksum varchar(64) not null,
          recorded_at timestamptz not null default now(),
          primary key (scope, name))`,
     );
