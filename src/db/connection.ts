@@ -31,7 +31,7 @@ const quietLog = {
 export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poolMax: number): Knex.Config {
   const ssl = target.ssl === false ? undefined : { ...target.ssl };
   const connection: Knex.PgConnectionConfig = target.connectionString
-    ? { connectionString: target.connectionString, ...(ssl ? { ssl } : {}) }
+    ? { connectionString: ssl ? withoutSslParams(target.connectionString) : target.connectionString, ...(ssl ? { ssl } : {}) }
     : {
         host: target.host,
         port: target.port,
@@ -48,6 +48,17 @@ export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poo
     // Knex writes pool and deprecation notices to the console; ours are reported as errors instead.
     log: quietLog,
   };
+}
+
+/**
+ * node-postgres lets `sslmode=…` in a URL override the `ssl` object it is given, which would
+ * silently drop DB_SSL_CERT_PATH and DB_SSL_REJECT_UNAUTHORIZED: when those are configured,
+ * they win and the URL's ssl parameters are removed.
+ */
+function withoutSslParams(url: string): string {
+  const parsed = new URL(url);
+  for (const key of [...parsed.searchParams.keys()]) if (/^ssl/i.test(key)) parsed.searchParams.delete(key);
+  return parsed.toString();
 }
 
 /**
@@ -78,7 +89,14 @@ export async function openDatabase(config: ToolkitConfig, options: OpenOptions =
   }
   // The embedded engine is a single backend: one connection, never a multiplexed second session.
   const poolMax = embedded ? 1 : config.poolMax;
-  const knex = knexFactory(knexConfigFor(serverTarget, poolMax));
+  const knexConfig = knexConfigFor(serverTarget, poolMax);
+  if (embedded) {
+    // The embedded server drops a connect that comes right after an abrupt disconnect (its one
+    // slot frees a tick later): let the pool retry instead of failing the first acquire.
+    knexConfig.pool = { ...knexConfig.pool, propagateCreateError: false };
+    knexConfig.acquireConnectionTimeout = 30_000;
+  }
+  const knex = knexFactory(knexConfig);
   const close = async (): Promise<void> => {
     await knex.destroy();
     await embedded?.stop();

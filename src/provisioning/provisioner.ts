@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { lockForTransaction } from '../db/locks.ts';
 import { describeError, ToolkitError } from '../errors.ts';
 import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
-import { migrateInTransaction, runSchema, type RunFailure, type RunSettings } from '../migrations/runner.ts';
+import { MigrationFailedError, migrateInTransaction, runSchema, type RunFailure, type RunSettings } from '../migrations/runner.ts';
 import type { Migration } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
 import { candidateSchemaNames, validateOrgId } from '../tenants/naming.ts';
@@ -63,7 +63,14 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
     outcome,
     migrations,
     durationMs: Date.now() - started,
-    error: error === null ? null : { migration: null, message: describeError(error), code: (error as { code?: string }).code ?? null },
+    error:
+      error === null
+        ? null
+        : {
+            migration: error instanceof MigrationFailedError ? error.migration : null,
+            message: describeError(error),
+            code: (error as { code?: string }).code ?? null,
+          },
   });
   if (tenant.status === 'ACTIVE') return result('already-active', []);
   try {
@@ -109,7 +116,12 @@ async function claim(knex: Knex, orgId: string): Promise<Tenant> {
     const owner = await findTenantBySchema(knex, schema);
     if (owner && owner.orgId !== orgId) continue;
     const result = await knex.raw('select exists (select 1 from pg_namespace where nspname = ?) as present', [schema]);
-    if (!owner && result.rows[0]?.present) throw new OrphanSchemaError(schema, orgId);
+    if (!owner && result.rows[0]?.present) {
+      // A concurrent call for this org may have registered and created it in the meantime.
+      const mine = await findTenantByOrgId(knex, orgId);
+      if (mine) return mine;
+      throw new OrphanSchemaError(schema, orgId);
+    }
     const registered = await registerTenant(knex, orgId, schema);
     if (registered) return registered;
   }
