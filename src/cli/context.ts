@@ -20,9 +20,19 @@ export async function withToolkit<T>(options: CommonOptions, cb: (toolkit: Toolk
   const toolkit = await openToolkit(withOverrides(configFromEnvironment(), options), {
     log: (line) => process.stderr.write(`${pc.dim(line)}\n`),
   });
+  // Ctrl-C or a deploy job's SIGTERM: exit at once. The server rolls back every transaction in
+  // flight (each tenant is all-or-nothing), and the 'exit' handler releases the embedded folder.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    process.stderr.write(`Interrupted by ${signal}: transactions in flight are rolled back\n`);
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     return await cb(toolkit);
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await toolkit.close();
   }
 }
