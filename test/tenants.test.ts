@@ -65,26 +65,50 @@ async function rows<T>(sql: string, bindings: readonly unknown[] = []): Promise<
   return result.rows as T[];
 }
 
+interface PooledSession {
+  readonly pid: number;
+  readonly path: string;
+  readonly pathDefault: string;
+  readonly lockTimeout: string;
+  readonly lockTimeoutDefault: string;
+}
+
 /**
  * Takes every connection of the pool at once (a barrier keeps each one busy until all are
- * held) and reads its session's search_path and the default a RESET would restore.
+ * held) and reads its session's search_path and lock_timeout, with the values a RESET restores.
  */
-async function inspectPool(size: number): Promise<{ pid: number; path: string; fallback: string }[]> {
+async function inspectPool(size: number): Promise<PooledSession[]> {
   let arrived = 0;
   let release!: () => void;
   const everyoneHere = new Promise<void>((resolve) => (release = resolve));
   return Promise.all(
     Array.from({ length: size }, () =>
       tk.knex.transaction(async (trx) => {
+        // pg_settings shows this session's value (setting) and what a RESET restores (reset_val).
         const result = await trx.raw(
-          "select pg_backend_pid() as pid, current_setting('search_path') as path, (select reset_val from pg_settings where name = 'search_path') as fallback",
+          `select pg_backend_pid() as pid,
+                  max(setting) filter (where name = 'search_path') as path,
+                  max(reset_val) filter (where name = 'search_path') as "pathDefault",
+                  max(setting) filter (where name = 'lock_timeout') as "lockTimeout",
+                  max(reset_val) filter (where name = 'lock_timeout') as "lockTimeoutDefault"
+             from pg_settings where name in ('search_path', 'lock_timeout')`,
         );
         if (++arrived === size) release();
         await everyoneHere;
-        return result.rows[0] as { pid: number; path: string; fallback: string };
+        return result.rows[0] as PooledSession;
       }),
     ),
   );
+}
+
+/** Every pooled connection is back to the session defaults: no tenant's path, no lock_timeout of a run. */
+async function expectPoolClean(): Promise<PooledSession[]> {
+  const sessions = await inspectPool(tk.config.poolMax);
+  for (const session of sessions) {
+    expect(session.path).toBe(session.pathDefault);
+    expect(session.lockTimeout).toBe(session.lockTimeoutDefault);
+  }
+  return sessions;
 }
 
 async function toolkitLocksHeld(): Promise<number> {
@@ -164,11 +188,7 @@ describe('migrate:tenants (library)', () => {
     expect(pids.size).toBeLessThanOrEqual(tk.config.poolMax);
 
     // The connections handed back to the pool carry no tenant's path.
-    const sessions = await inspectPool(tk.config.poolMax);
-    for (const session of sessions) {
-      expect(session.path).toBe(session.fallback);
-      expect(pids).toContain(session.pid);
-    }
+    for (const session of await expectPoolClean()) expect(pids).toContain(session.pid);
     expect(await toolkitLocksHeld()).toBe(0);
   });
 
@@ -201,7 +221,7 @@ describe('migrate:tenants (library)', () => {
     expect(await rows("select indexname from pg_indexes where schemaname = 'public' and indexname = 'members_handle_idx'")).toEqual([]);
     expect(await tablesIn(tk.knex, 'public')).not.toContain('session_probe');
     // The session-level path and advisory lock of the dedicated connection were undone.
-    for (const session of await inspectPool(tk.config.poolMax)) expect(session.path).toBe(session.fallback);
+    await expectPoolClean();
     expect(await toolkitLocksHeld()).toBe(0);
 
     const down = await deployed(tk, files).rollbackTenants();
@@ -213,6 +233,34 @@ describe('migrate:tenants (library)', () => {
       ]);
       expect(await rows("select indexname from pg_indexes where schemaname = ? and indexname = 'members_handle_idx'", [schema])).toEqual([]);
     }
+  });
+
+  it('a transaction: false migration failing on one tenant leaves the pool clean and the other tenants migrated', async () => {
+    const [a, b, c] = orgIds('nontxfail', 3) as [string, string, string];
+    const schemas = await provisionAll(tk, [a, b, c]);
+    const sb = schemas.get(b)!;
+    await tk.knex.withSchema(sb).from('members').insert([{ handle: 'dup' }, { handle: 'dup' }]);
+    const files = [...V1, '003_path_probe.ts', '011_unique_handle_concurrently.ts', '012_member_nickname.ts'];
+
+    const report = await deployed(tk, files).migrateTenants();
+
+    for (const id of [a, c]) {
+      expect(byOrg(report).get(id)).toMatchObject({ outcome: 'migrated', migrations: files.slice(2), error: null });
+    }
+    // 003 ran in the batch's transaction and committed before the step that cannot be in one;
+    // that step failed, and 012 after it never ran.
+    const failed = byOrg(report).get(b)!;
+    expect(failed).toMatchObject({ outcome: 'failed', migrations: ['003_path_probe.ts'], error: { migration: '011_unique_handle_concurrently.ts', code: '23505' } });
+    expect(await tracking(tk.knex, sb)).toEqual([
+      { name: '001_members.ts', batch: 1 },
+      { name: '002_settings.ts', batch: 1 },
+      { name: '003_path_probe.ts', batch: 2 },
+    ]);
+    expect(await columnsOf(tk.knex, sb, 'members')).toEqual(['handle', 'id']);
+    expect(await lastMigrationError(tk.knex, b)).toMatch(/011_unique_handle_concurrently\.ts/);
+    expect(await tablesIn(tk.knex, 'public')).not.toContain('path_probe');
+    await expectPoolClean();
+    expect(await toolkitLocksHeld()).toBe(0);
   });
 
   it('leaves a tenant whose migration fails exactly as it was, migrates the others, and records the error until a success clears it', async () => {
