@@ -18,7 +18,7 @@ import { openToolkit, type FanoutReport, type Toolkit } from '../src/index.ts';
 import { LOCK_NAMESPACE } from '../src/db/locks.ts';
 import { finished, folders, runCli, startCli, type CliResult } from './helpers/cli.ts';
 import { startEngine, type TestEngine } from './helpers/engine.ts';
-import { deployed, deployFolder, masterFolder, orgIds, provisionAll, resetTenants, tracking, V1 } from './fixtures/fan-kit/kit.ts';
+import { deployed, deployFolder, masterFolder, orgIds, provisionAll, resetTenants, tablesIn, tracking, V1 } from './fixtures/fan-kit/kit.ts';
 
 const SLOW = [...V1, '008_slow_insert.ts'];
 const MASTER = masterFolder();
@@ -79,6 +79,15 @@ async function lockWaiters(knex: Knex): Promise<number> {
       where locktype = 'advisory' and not granted and classid = ?::oid
         and database = (select oid from pg_database where datname = current_database())`,
     [LOCK_NAMESPACE],
+  );
+  return Number(result.rows[0].n);
+}
+
+/** Sessions of this database waiting for a table lock. */
+async function relationWaiters(knex: Knex): Promise<number> {
+  const result = await knex.raw(
+    `select count(*) as n from pg_locks
+      where locktype = 'relation' and not granted and database = (select oid from pg_database where datname = current_database())`,
   );
   return Number(result.rows[0].n);
 }
@@ -189,6 +198,38 @@ describe('concurrent tenant runs', () => {
     for (const report of reports) expect(report.totals).toMatchObject({ failed: 0, skipped: 0, total: 12 });
     expect(reports[0].totals.migrated + reports[1].totals.migrated).toBe(12);
     await expectAppliedOnce(schemas.values());
+  });
+
+  it('a tenant schema dropped while the run reads the tenants is reported failed; the run goes on', async () => {
+    const ids = orgIds('drop', 3);
+    const schemas = await setup(ids);
+    const victim = schemas.get(ids[1]!)!;
+
+    const report = await withTk(async (tk) => {
+      const publicBefore = await tablesIn(tk.knex, 'public');
+      let run: Promise<FanoutReport>;
+      if (engine.multiSession) {
+        // An offboarding drops the schema while the fan-out scans the tracking tables: the scan
+        // saw the schema in the catalog, then waits on the dropping transaction's lock.
+        await tk.knex.transaction(async (trx) => {
+          await trx.raw('drop schema ?? cascade', [victim]);
+          run = deployed(tk, SLOW).migrateTenants();
+          run.catch(() => undefined); // awaited below; keep an early rejection from going unhandled
+          await until('the run waits on the dropped tracking table', async () => (await relationWaiters(tk.knex)) > 0);
+        });
+      } else {
+        // One session: the drop can only come before the run.
+        await tk.knex.raw('drop schema ?? cascade', [victim]);
+        run = deployed(tk, SLOW).migrateTenants();
+      }
+      const result = await run!;
+      expect(await tablesIn(tk.knex, 'public')).toEqual(publicBefore);
+      return result;
+    });
+
+    const outcomes = new Map(report.tenants.map((t) => [t.schema, t]));
+    expect(outcomes.get(victim)).toMatchObject({ outcome: 'failed', error: { code: 'E_SCHEMA_MISSING' } });
+    expect(report.totals).toMatchObject({ migrated: 2, failed: 1, total: 3 });
   });
 
   it('a run killed inside a tenant transaction leaves that tenant untouched, and the next run finishes the rest', async () => {
