@@ -183,6 +183,24 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     expect(cleared.summary).toMatchObject({ 'up-to-date': 3, behind: 0, failed: 0 });
   });
 
+  it('a tenant whose schema is missing fails the run (exit 1); progress lines count every tenant that needed a run', async () => {
+    const ids = orgIds('lost', 3);
+    const schemas = await setup(ids, (tk, s) => tk.knex.raw('drop schema ?? cascade', [s.get(ids[1]!)!]));
+    const lost = schemas.get(ids[1]!)!;
+
+    const run = await cli(['migrate:tenants'], V2);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/^3 tenants: 2 migrated, 0 up to date, 1 failed, 0 skipped/m);
+    expect(lines(run.stdout)).toContain(`  ${ids[1]} (${lost}): schema ${lost} does not exist (refusing to run: its tables would land in public)`);
+    // Plain progress (no terminal): one numbered line per tenant that was run or failed, 1/3 to 3/3.
+    const progress = lines(run.stdout).filter((l) => l.startsWith('['));
+    expect(progress.map((l) => /^\[(\d+)\/(\d+) \((\d+)%\)/.exec(l)?.slice(1))).toEqual([
+      ['1', '3', '33'],
+      ['2', '3', '66'],
+      ['3', '3', '100'],
+    ]);
+  });
+
   it('--fail-fast starts no tenant after the first failure and reports the rest skipped', async () => {
     const ids = orgIds('fast', 4);
     // Every tenant would fail, so whichever goes first fails and, one tenant at a time, no other has started.
