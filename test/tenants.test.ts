@@ -338,6 +338,17 @@ describe('migrate:tenants (library)', () => {
     expect(await rows('select nspname from pg_namespace where nspname = ?', [missing])).toEqual([]);
   });
 
+  it('with failFast, a schema found missing before the run starts counts as the first failure', async () => {
+    const ids = orgIds('gonefast', 3);
+    const schemas = await provisionAll(tk, ids);
+    await tk.knex.raw('drop schema ?? cascade', [schemas.get(ids[0]!)!]);
+
+    const report = await deployed(tk, V2).migrateTenants({ failFast: true, concurrency: 1 });
+
+    expect(report.totals).toEqual({ migrated: 0, 'up-to-date': 0, failed: 1, skipped: 2, total: 3 });
+    for (const id of ids.slice(1)) expect((await tracking(tk.knex, schemas.get(id)!)).map((r) => r.name)).toEqual([...V1]);
+  });
+
   it('migrates a tenant registered before the toolkit (ACTIVE row and schema, no tracking table) like any other', async () => {
     const [current] = orgIds('legacy', 1) as [string];
     const schemas = await provisionAll(tk, [current]);
