@@ -193,7 +193,7 @@ describe('concurrent tenant runs', () => {
       } finally {
         await other.close();
       }
-    }, { DB_POOL_MAX: '4' });
+    }, { DB_POOL_MAX: '6' });
 
     for (const report of reports) expect(report.totals).toMatchObject({ failed: 0, skipped: 0, total: 12 });
     expect(reports[0].totals.migrated + reports[1].totals.migrated).toBe(12);

@@ -187,8 +187,10 @@ describe('migrate:tenants (library)', () => {
     // 30 tenants, at most POOL_MAX connections: connections were reused across tenants.
     expect(pids.size).toBeLessThanOrEqual(tk.config.poolMax);
 
-    // The connections handed back to the pool carry no tenant's path.
-    for (const session of await expectPoolClean()) expect(pids).toContain(session.pid);
+    // The connections handed back to the pool carry no tenant's path (and some of them ran tenants:
+    // one created late, while a worker was already served, may have run none).
+    const sessions = await expectPoolClean();
+    expect(sessions.filter((s) => pids.has(s.pid)).length).toBeGreaterThan(0);
     expect(await toolkitLocksHeld()).toBe(0);
   });
 
