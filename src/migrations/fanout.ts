@@ -1,10 +1,10 @@
 import type { Knex } from 'knex';
-import { describeError, UsageError } from '../errors.ts';
+import { UsageError } from '../errors.ts';
 import { validateOrgId } from '../tenants/naming.ts';
 import { assertRegistry, listTenants, setMigrationError, type Tenant } from '../tenants/registry.ts';
 import { planDown, planUp, type Direction } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
-import { runSchema, SchemaMissingError, type RunFailure, type RunSettings } from './runner.ts';
+import { runSchema, type RunFailure, type RunSettings } from './runner.ts';
 import type { Migration } from './source.ts';
 import { TENANT_TRACKING_TABLE, tenantTarget } from './targets.ts';
 
@@ -72,8 +72,10 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   for await (const states of scanSchemas(knex, active.map((t) => t.schema), TENANT_TRACKING_TABLE)) {
     for (const [schema, state] of states) {
       const tenant = bySchema.get(schema)!;
+      // A missing schema is left to the run, which reports it under the tenant's lock like any
+      // other failure (so --fail-fast and progress count it).
       if (!state.exists) {
-        preliminary.push(failed(tenant, new SchemaMissingError(schema), 'E_SCHEMA_MISSING'));
+        queue.push(tenant);
         continue;
       }
       const plan = options.direction === 'up' ? planUp(migrations, state.applied) : planDown(migrations, state.applied, options.all ?? false);
@@ -139,10 +141,6 @@ async function recordErrors(knex: Knex, reports: readonly TenantReport[], tenant
 
 function skipped(tenant: Tenant, reason: string): TenantReport {
   return { ...base(tenant), outcome: 'skipped', error: { migration: null, message: reason, code: 'E_SKIPPED' } };
-}
-
-function failed(tenant: Tenant, error: unknown, code: string): TenantReport {
-  return { ...base(tenant), outcome: 'failed', error: { migration: null, message: describeError(error), code } };
 }
 
 function upToDate(tenant: Tenant): TenantReport {

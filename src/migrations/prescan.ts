@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { sqlState, SQLSTATE } from '../db/pg-errors.ts';
 
 /** What one catalog pass learns about a schema, without locking it: a hint, re-checked under the lock. */
 export interface SchemaState {
@@ -20,7 +21,19 @@ export async function* scanSchemas(
 ): AsyncGenerator<ReadonlyMap<string, SchemaState>> {
   const chunkSize = await safeChunkSize(knex);
   for (let start = 0; start < schemas.length; start += chunkSize) {
-    yield scanChunk(knex, schemas.slice(start, start + chunkSize), trackingTable);
+    yield scanChunkRetrying(knex, schemas.slice(start, start + chunkSize), trackingTable);
+  }
+}
+
+/** A schema or tracking table dropped between the catalog query and the read: look again. */
+async function scanChunkRetrying(knex: Knex, schemas: readonly string[], trackingTable: string): Promise<Map<string, SchemaState>> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await scanChunk(knex, schemas, trackingTable);
+    } catch (error) {
+      const state = sqlState(error);
+      if (attempt >= 5 || (state !== SQLSTATE.UNDEFINED_TABLE && state !== SQLSTATE.INVALID_SCHEMA_NAME)) throw error;
+    }
   }
 }
 
@@ -34,7 +47,8 @@ async function safeChunkSize(knex: Knex): Promise<number> {
 }
 
 async function scanChunk(knex: Knex, schemas: readonly string[], trackingTable: string): Promise<Map<string, SchemaState>> {
-  const states = new Map<string, SchemaState>();
+  // Map order is the input order (registry order), so a run visits tenants as listed.
+  const states = new Map<string, SchemaState>(schemas.map((schema) => [schema, { exists: false, tracked: false, applied: [] }]));
   const catalog = await knex.raw(
     `select n.nspname as schema, to_regclass(format('%I.%I', n.nspname, ?::text)) is not null as tracked
        from pg_namespace n where n.nspname = any(?::text[])`,
@@ -45,7 +59,6 @@ async function scanChunk(knex: Knex, schemas: readonly string[], trackingTable: 
     states.set(row.schema, { exists: true, tracked: row.tracked, applied: [] });
     if (row.tracked) tracked.push(row.schema);
   }
-  for (const schema of schemas) if (!states.has(schema)) states.set(schema, { exists: false, tracked: false, applied: [] });
   if (tracked.length === 0) return states;
   const branches = tracked.map(() => 'select ?::text as schema, name, batch, id from ??.??').join(' union all ');
   const bindings = tracked.flatMap((schema) => [schema, schema, trackingTable]);
