@@ -4,18 +4,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT } from './server.ts';
+import type { Measurement } from './variants/types.ts';
 
-/** One whole CLI command: wall time from spawn to exit, and the child's peak RSS. */
+/** One whole CLI command: wall time from spawn to exit, and the child's peak RSS and CPU time. */
 export interface CommandRun {
   readonly ms: number;
   readonly maxRssKb: number | null;
+  readonly cpuMs: number | null;
   readonly stdoutTail: string;
 }
 
 const ENTRY = path.join(ROOT, 'src', 'cli', 'main.ts');
 // `--import tsx` would resolve from the child's working folder; name the loader by path.
 const TSX = pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
-const MAX_RSS = pathToFileURL(path.join(ROOT, 'bench', 'max-rss.ts')).href;
+const USAGE = pathToFileURL(path.join(ROOT, 'bench', 'child-usage.ts')).href;
 /** A deploy that takes longer than this is a hang, not a measurement. */
 const TIMEOUT_MS = 30 * 60_000;
 /** Variables of the user's shell that must not reach the child: the bench names its database and folders itself. */
@@ -30,13 +32,13 @@ const SCRUBBED = /^(DATABASE_URL|DB_.*|TENANT_.*|MASTER_.*|LOCK_TIMEOUT|PGLITE_D
  */
 export async function runCommand(args: readonly string[], env: Record<string, string>): Promise<CommandRun> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-cli-'));
-  const rssFile = path.join(dir, 'max-rss');
+  const usageFile = path.join(dir, 'usage.json');
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.test(k)));
   try {
     const started = performance.now();
-    const child = spawn(process.execPath, ['--import', TSX, '--import', MAX_RSS, ENTRY, ...args], {
+    const child = spawn(process.execPath, ['--import', TSX, '--import', USAGE, ENTRY, ...args], {
       cwd: dir,
-      env: { ...base, NO_COLOR: '1', FORCE_COLOR: '0', ...env, BENCH_MAX_RSS_FILE: rssFile },
+      env: { ...base, NO_COLOR: '1', FORCE_COLOR: '0', ...env, BENCH_USAGE_FILE: usageFile },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let tail = '';
@@ -51,14 +53,28 @@ export async function runCommand(args: readonly string[], env: Record<string, st
     clearTimeout(timer);
     const ms = performance.now() - started;
     if (code !== 0) throw new Error(`${args.join(' ')} exited with ${code}:\n${tail}`);
-    let maxRssKb: number | null = null;
+    let usage: { maxRssKb: number; cpuMs: number } | undefined;
     try {
-      maxRssKb = Number(readFileSync(rssFile, 'utf8'));
+      usage = JSON.parse(readFileSync(usageFile, 'utf8'));
     } catch {
       // No file: the child died before its exit handler; the time still stands.
     }
-    return { ms, maxRssKb, stdoutTail: tail };
+    return { ms, maxRssKb: usage?.maxRssKb ?? null, cpuMs: usage?.cpuMs ?? null, stdoutTail: tail };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Measurements of whole commands: wall time as `metric`, the child's CPU time as
+ * `cpu.<metric>`, and with `rss` its peak RSS as `rss.<metric>`.
+ */
+export function commandMeasurements(metric: string, tenants: number, runs: readonly CommandRun[], options: { rss?: boolean } = {}): Measurement[] {
+  const present = (values: readonly (number | null)[]): number[] => values.filter((v): v is number => v !== null);
+  const out: Measurement[] = [{ metric, unit: 'ms', tenants, values: runs.map((r) => r.ms) }];
+  const cpu = present(runs.map((r) => r.cpuMs));
+  if (cpu.length > 0) out.push({ metric: `cpu.${metric}`, unit: 'ms', tenants, values: cpu });
+  const rss = present(runs.map((r) => r.maxRssKb));
+  if (options.rss && rss.length > 0) out.push({ metric: `rss.${metric}`, unit: 'kB', tenants, values: rss });
+  return out;
 }

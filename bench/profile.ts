@@ -10,6 +10,8 @@ import { openToolkit } from '../src/toolkit.ts';
 import { runCommand } from './cli.ts';
 import { benchOverrides, migrateMaster, seedFleet } from './seed.ts';
 import { openServer, withFreshDatabase } from './server.ts';
+import { captureMigrationSql } from './capture.ts';
+import { floorRun } from './variants/floor.ts';
 import { toolkitEnv } from './variants/toolkit.ts';
 
 interface Shape {
@@ -45,9 +47,21 @@ function tally(knex: Knex): { shapes: Map<string, Shape>; reset(): void } {
   return { shapes, reset: () => shapes.clear() };
 }
 
-function print(title: string, wallMs: number, units: number, shapes: Map<string, Shape>): void {
+/** Wall and client CPU time of `cb`. */
+async function clock<T>(cb: () => Promise<T>): Promise<{ result: T; wallMs: number; cpuMs: number }> {
+  const cpu = process.cpuUsage();
+  const started = performance.now();
+  const result = await cb();
+  const used = process.cpuUsage(cpu);
+  return { result, wallMs: performance.now() - started, cpuMs: (used.user + used.system) / 1000 };
+}
+
+function print(title: string, time: { wallMs: number; cpuMs: number }, units: number, shapes: Map<string, Shape>): void {
   const total = [...shapes.values()].reduce((a, s) => ({ count: a.count + s.count, ms: a.ms + s.ms }), { count: 0, ms: 0 });
-  console.log(`\n${title}: ${wallMs.toFixed(0)} ms wall, ${total.count} round trips (${(total.count / units).toFixed(1)} per tenant), ${total.ms.toFixed(0)} ms summed on the wire`);
+  console.log(
+    `\n${title}: ${time.wallMs.toFixed(0)} ms wall, ${time.cpuMs.toFixed(0)} ms client CPU (${(time.cpuMs / units).toFixed(2)} per tenant), ` +
+      `${total.count} round trips (${(total.count / units).toFixed(1)} per tenant), ${total.ms.toFixed(0)} ms summed on the wire`,
+  );
   for (const [shape, s] of [...shapes.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25)) {
     console.log(`  ${String(s.count).padStart(6)} × ${(s.ms / s.count).toFixed(2).padStart(7)} ms  ${shape}`);
   }
@@ -65,9 +79,8 @@ try {
     try {
       for (const label of ['migrateTenants (first run)', 'migrateTenants (no-op rerun)']) {
         t.reset();
-        const started = performance.now();
-        const report = await toolkit.migrateTenants();
-        print(`${label}, ${tenants} tenants, ${report.totals.migrated} migrated`, performance.now() - started, tenants, t.shapes);
+        const time = await clock(() => toolkit.migrateTenants());
+        print(`${label}, ${tenants} tenants, ${time.result.totals.migrated} migrated`, time, tenants, t.shapes);
       }
     } finally {
       await toolkit.close();
@@ -78,6 +91,12 @@ try {
     const status = await runCommand(['migrate:status'], env);
     console.log(`\nwhole commands: --help ${help.ms.toFixed(0)} ms (start-up: node, tsx, every module), no-op migrate:tenants ${noop.ms.toFixed(0)} ms, migrate:status ${status.ms.toFixed(0)} ms; peak RSS of --help ${((help.maxRssKb ?? 0) / 1024).toFixed(0)} MB`);
   });
+  await withFreshDatabase(server, 'profloor', async (database) => {
+    const statements = await captureMigrationSql(server, database);
+    await seedFleet(server, database, tenants);
+    const time = await clock(() => floorRun(server, database, statements, server.poolMax));
+    console.log(`\nfloor, ${tenants} tenants: ${time.wallMs.toFixed(0)} ms wall, ${time.cpuMs.toFixed(0)} ms client CPU (${(time.cpuMs / tenants).toFixed(2)} per tenant), ${statements.length + 3} round trips per tenant`);
+  });
   await withFreshDatabase(server, 'profprov', async (database) => {
     await migrateMaster(server, database);
     const toolkit = await openToolkit(server.configFor(database, benchOverrides()));
@@ -85,9 +104,10 @@ try {
     try {
       await toolkit.provisionTenant('org_warmup');
       t.reset();
-      const started = performance.now();
-      for (let i = 0; i < provisions; i++) await toolkit.provisionTenant(`org_profile_${i}`);
-      print(`provisionTenant × ${provisions}`, performance.now() - started, provisions, t.shapes);
+      const time = await clock(async () => {
+        for (let i = 0; i < provisions; i++) await toolkit.provisionTenant(`org_profile_${i}`);
+      });
+      print(`provisionTenant × ${provisions}`, time, provisions, t.shapes);
     } finally {
       await toolkit.close();
     }

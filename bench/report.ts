@@ -23,20 +23,30 @@ export interface TargetCheck {
   readonly met: boolean;
 }
 
+const WHOLE = '(whole command)';
 const LABELS: Record<string, string> = {
   'migrate.naive': 'migrate — naive loop (Knex per tenant)',
-  'migrate.toolkit': 'migrate — toolkit migrate:tenants (whole command)',
+  'migrate.toolkit': `migrate — toolkit migrate:tenants ${WHOLE}`,
   'migrate.floor': 'migrate — floor (raw SQL, pool-size connections)',
   'noop.naive': 'no-op rerun — naive loop',
-  'noop.toolkit': 'no-op rerun — toolkit (whole command)',
-  'noop.toolkit.big': 'no-op rerun — toolkit (whole command)',
-  'status.toolkit.big': 'migrate:status — toolkit (whole command)',
-  'migrate.toolkit.big': 'migrate — toolkit migrate:tenants (1 run)',
+  'noop.toolkit': `no-op rerun — toolkit ${WHOLE}`,
+  'noop.toolkit.big': `no-op rerun — toolkit ${WHOLE}`,
+  'status.toolkit.big': `migrate:status — toolkit ${WHOLE}`,
+  'migrate.toolkit.big': `migrate — toolkit migrate:tenants ${WHOLE}`,
+  'startup.cli': `CLI start-up — --help ${WHOLE}`,
   'provision.toolkit': 'provision one tenant — provisionTenant',
   'provision.floor': 'provision one tenant — floor (one transaction)',
-  'rss.migrate': 'peak RSS — migrate:tenants',
-  'rss.migrate.big': 'peak RSS — migrate:tenants (1 run)',
-  'rss.noop.big': 'peak RSS — no-op migrate:tenants',
+  'cpu.migrate.toolkit': 'client CPU — migrate:tenants',
+  'cpu.noop.toolkit': 'client CPU — no-op rerun',
+  'cpu.noop.toolkit.big': 'client CPU — no-op rerun',
+  'cpu.status.toolkit.big': 'client CPU — migrate:status',
+  'cpu.migrate.toolkit.big': 'client CPU — migrate:tenants',
+  'cpu.startup.cli': 'client CPU — --help',
+  'rss.migrate.toolkit': 'peak RSS — migrate:tenants',
+  'rss.migrate.toolkit.big': 'peak RSS — migrate:tenants',
+  'rss.noop.toolkit.big': 'peak RSS — no-op rerun',
+  'rss.status.toolkit.big': 'peak RSS — migrate:status',
+  'rss.startup.cli': 'peak RSS — --help',
 };
 const ORDER = Object.keys(LABELS);
 
@@ -97,8 +107,8 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
     const ratio = provToolkit.median / provFloor.median;
     checks.push({ target: 'provisioning p50 ≤ 1.5× the floor for one tenant', actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.5 });
   }
-  const rssSmall = get('rss.migrate');
-  const rssBig = get('rss.migrate.big');
+  const rssSmall = get('rss.migrate.toolkit');
+  const rssBig = get('rss.migrate.toolkit.big');
   if (rssSmall && rssBig) {
     const ratio = rssBig.median / rssSmall.median;
     checks.push({ target: `peak RSS at ${rssBig.tenants} ≤ 1.5× at ${rssSmall.tenants} tenants`, actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.5 });
@@ -118,10 +128,10 @@ export function formatValue(value: number, unit: 'ms' | 'kB'): string {
 export function renderTable(summaries: readonly Summary[], checks: readonly TargetCheck[]): string {
   const floor = summaries.find((s) => s.metric === 'migrate.floor');
   const rows = summaries.map((s) => {
-    const perTenant = s.unit === 'ms' && s.tenants > 1 ? formatValue(s.median / s.tenants, 'ms') : '';
+    const perTenant = s.unit === 'ms' && s.tenants > 1 && !s.metric.startsWith('cpu.') ? formatValue(s.median / s.tenants, 'ms') : '';
     const vsFloor = floor && s.metric.startsWith('migrate.') && s.tenants === floor.tenants ? `${(s.median / floor.median).toFixed(2)}×` : '';
     const spread = s.n > 1 ? `${formatValue(s.min, s.unit)} – ${formatValue(s.max, s.unit)}` : '';
-    return [s.label, String(s.tenants), String(s.n), formatValue(s.median, s.unit), s.n >= 10 ? formatValue(s.p95, s.unit) : '', spread, perTenant, vsFloor];
+    return [s.label, s.tenants === 0 ? '-' : String(s.tenants), String(s.n), formatValue(s.median, s.unit), s.n >= 10 ? formatValue(s.p95, s.unit) : '', spread, perTenant, vsFloor];
   });
   const lines = [columns(['measurement', 'tenants', 'runs', 'median', 'p95', 'min – max', 'per tenant', 'vs floor'], rows)];
   if (checks.length > 0) {

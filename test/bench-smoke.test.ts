@@ -12,8 +12,9 @@ import { ROOT } from './helpers/engine.ts';
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
 const VARIANTS = ['naive', 'toolkit', 'floor', 'provision', 'provision-floor', 'big'];
 const METRICS = [
-  'migrate.naive', 'noop.naive', 'migrate.toolkit', 'noop.toolkit', 'rss.migrate', 'migrate.floor',
-  'provision.toolkit', 'provision.floor', 'migrate.toolkit.big', 'noop.toolkit.big', 'status.toolkit.big', 'rss.migrate.big',
+  'migrate.naive', 'noop.naive', 'migrate.toolkit', 'noop.toolkit', 'rss.migrate.toolkit', 'cpu.migrate.toolkit', 'startup.cli',
+  'migrate.floor', 'provision.toolkit', 'provision.floor', 'migrate.toolkit.big', 'noop.toolkit.big', 'status.toolkit.big',
+  'rss.migrate.toolkit.big',
 ];
 const out = mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
 

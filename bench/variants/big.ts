@@ -1,4 +1,4 @@
-import { runCommand } from '../cli.ts';
+import { commandMeasurements, runCommand, type CommandRun } from '../cli.ts';
 import { seedFleet, verifyFleet } from '../seed.ts';
 import { withFreshDatabase } from '../server.ts';
 import { toolkitEnv } from './toolkit.ts';
@@ -19,21 +19,16 @@ export const big: Variant = {
       const migrate = await runCommand(['migrate:tenants'], env);
       await verifyFleet(ctx.server, database, ctx.big);
       ctx.log(`  migrate:tenants over ${ctx.big} tenants: ${(migrate.ms / 1000).toFixed(1)} s`);
-      const noop: number[] = [];
-      const noopRss: number[] = [];
-      const status: number[] = [];
+      const noop: CommandRun[] = [];
+      const status: CommandRun[] = [];
       for (let r = 0; r < ctx.repeat; r++) {
-        const run = await runCommand(['migrate:tenants'], env);
-        noop.push(run.ms);
-        if (run.maxRssKb !== null) noopRss.push(run.maxRssKb);
-        status.push((await runCommand(['migrate:status'], env)).ms);
+        noop.push(await runCommand(['migrate:tenants'], env));
+        status.push(await runCommand(['migrate:status'], env));
       }
       return [
-        { metric: 'migrate.toolkit.big', unit: 'ms', tenants: ctx.big, values: [migrate.ms] },
-        { metric: 'noop.toolkit.big', unit: 'ms', tenants: ctx.big, values: noop },
-        { metric: 'status.toolkit.big', unit: 'ms', tenants: ctx.big, values: status },
-        ...(migrate.maxRssKb === null ? [] : [{ metric: 'rss.migrate.big', unit: 'kB' as const, tenants: ctx.big, values: [migrate.maxRssKb] }]),
-        { metric: 'rss.noop.big', unit: 'kB', tenants: ctx.big, values: noopRss },
+        ...commandMeasurements('migrate.toolkit.big', ctx.big, [migrate], { rss: true }),
+        ...commandMeasurements('noop.toolkit.big', ctx.big, noop, { rss: true }),
+        ...commandMeasurements('status.toolkit.big', ctx.big, status, { rss: true }),
       ];
     }),
 };

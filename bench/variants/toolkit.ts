@@ -1,4 +1,4 @@
-import { runCommand } from '../cli.ts';
+import { commandMeasurements, runCommand } from '../cli.ts';
 import { benchOverrides, seedFleet, verifyFleet } from '../seed.ts';
 import { withFreshDatabase, type Server } from '../server.ts';
 import type { Measurement, Variant } from './types.ts';
@@ -11,7 +11,7 @@ export function toolkitEnv(server: Server, database: string): Record<string, str
 /**
  * `migrate:tenants` as the whole command a user runs (process start-up, TypeScript loading,
  * connecting, prescan, fan-out, report), then the same command again with every tenant up to
- * date (the no-op deploy). Also the peak RSS of the migrating process.
+ * date (the no-op deploy). Also `--help`, the start-up every command pays before any work.
  */
 export const toolkit: Variant = {
   name: 'toolkit',
@@ -23,10 +23,11 @@ export const toolkit: Variant = {
       const migrate = await runCommand(['migrate:tenants'], env);
       await verifyFleet(ctx.server, database, ctx.tenants);
       const noop = await runCommand(['migrate:tenants'], env);
+      const startup = await runCommand(['--help'], env);
       return [
-        { metric: 'migrate.toolkit', unit: 'ms', tenants: ctx.tenants, values: [migrate.ms] },
-        { metric: 'noop.toolkit', unit: 'ms', tenants: ctx.tenants, values: [noop.ms] },
-        ...(migrate.maxRssKb === null ? [] : [{ metric: 'rss.migrate', unit: 'kB' as const, tenants: ctx.tenants, values: [migrate.maxRssKb] }]),
+        ...commandMeasurements('migrate.toolkit', ctx.tenants, [migrate], { rss: true }),
+        ...commandMeasurements('noop.toolkit', ctx.tenants, [noop]),
+        ...commandMeasurements('startup.cli', 0, [startup], { rss: true }),
       ];
     }),
 };
