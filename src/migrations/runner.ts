@@ -82,8 +82,9 @@ interface Progress {
  * Brings one schema up to date (or rolls it back), as one batch. When every step may run in a
  * transaction, the whole batch and its tracking rows commit together or not at all, under a
  * transaction-scoped advisory lock on the schema and a transaction-local search_path.
- * Steps declaring `transaction: false` run afterwards on one dedicated connection with the
- * same scoping held at session level and reset before the connection goes back to the pool.
+ * A batch holding a step that declares `transaction: false` runs on one dedicated connection
+ * instead (as Knex does, each step then commits on its own), with the same lock and scoping
+ * held at session level and reset before the connection goes back to the pool.
  */
 export async function runSchema(
   knex: Knex,
@@ -98,7 +99,10 @@ export async function runSchema(
     const committed = await knex.transaction(async (trx) => {
       const applied = await scopeAndRead(trx, target, settings);
       progress.plan = planFor(direction, migrations, applied, options.all ?? false);
-      return runSteps(trx, target, progress.plan.steps, direction, progress.plan.batch, { stopAtNonTransactional: true });
+      // A batch holding a `transaction: false` step runs whole on the dedicated connection, under
+      // one session lock, so that no other run can slip in between its parts.
+      if (progress.plan.steps.some((m) => !m.transaction)) return [];
+      return runSteps(trx, target, progress.plan.steps, direction, progress.plan.batch, { stopAtNonTransactional: false });
     });
     progress.done.push(...committed);
     if (progress.done.length < progress.plan!.steps.length) {
@@ -222,7 +226,7 @@ async function record(conn: Knex | Knex.Transaction, target: SchemaTarget, direc
 }
 
 /**
- * The rest of a batch that holds `transaction: false` steps, on one dedicated connection:
+ * A batch that holds `transaction: false` steps, on one dedicated connection:
  * a session-level advisory lock and search_path stand in for the transaction-scoped ones and
  * are released in `finally` (and by the server if the connection dies). Transactional steps
  * still run each in its own transaction with its tracking row.
@@ -244,10 +248,9 @@ async function runOutsideTransaction(
     ]);
     // Another run may have moved the schema on between our transaction and this lock.
     const applied = await readApplied(conn, target);
-    const fresh = planFor(direction, migrations, applied, options.all ?? false);
-    const plan = progress.plan!;
-    const remaining = plan.steps.slice(progress.done.length).map((m) => m.name);
-    for (const migration of fresh.steps.filter((m) => remaining.includes(m.name))) {
+    const plan = planFor(direction, migrations, applied, options.all ?? false);
+    progress.plan = plan;
+    for (const migration of plan.steps) {
       if (migration.transaction) {
         await conn.transaction(async (trx) => {
           await trx.raw("select set_config('search_path', ?, true)", [target.searchPath]);
