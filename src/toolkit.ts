@@ -7,7 +7,7 @@ import { runMaster } from './migrations/master.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/runner.ts';
 import { folderSource, type Migration, type MigrationSource } from './migrations/source.ts';
 import { collectStatus, type StatusReport } from './migrations/status.ts';
-import { provision, type ProvisionReport } from './provisioning/provisioner.ts';
+import { provision, type ProvisionMemo, type ProvisionReport } from './provisioning/provisioner.ts';
 
 export interface TenantRunOptions {
   /** Limit the run to these org ids. */
@@ -52,6 +52,7 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
   const poolMax = options.poolMax ?? config.poolMax;
   let tenantMigrations: Promise<readonly Migration[]> | undefined;
   const loadTenant = (): Promise<readonly Migration[]> => (tenantMigrations ??= tenantSource.load());
+  const provisionMemo: ProvisionMemo = {};
 
   const fanout = async (direction: 'up' | 'down', run: TenantRunOptions & { all?: boolean }): Promise<FanoutReport> => {
     const migrations = await loadTenant();
@@ -79,10 +80,10 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
     migrateMaster: async () => runMaster(knex, await masterSource.load(), settings, 'up'),
     rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'down', o),
     provisionTenant: async (orgId) =>
-      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings }),
+      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings, memo: provisionMemo }),
     migrateTenants: (o = {}) => fanout('up', o),
     rollbackTenants: (o = {}) => fanout('down', o),
-    status: async () => collectStatus(knex, await masterSource.load(), await loadTenant()),
+    status: async () => collectStatus(knex, await masterSource.load(), await loadTenant(), { parallel: Math.min(4, poolMax) }),
     close: options.close ?? (async () => undefined),
   };
 }

@@ -1,7 +1,7 @@
 import knexFactory, { type Knex } from 'knex';
 import type { ConnectionTarget, ToolkitConfig } from '../config/config.ts';
 import { ConnectionError, ToolkitError } from '../errors.ts';
-import { startEmbedded, type EmbeddedServer } from './embedded.ts';
+import type { EmbeddedServer } from './embedded.ts';
 import { networkErrorCode, sqlState, SQLSTATE } from './pg-errors.ts';
 
 /** An open connection pool, and what it points at. Close it with `close()`. */
@@ -71,6 +71,8 @@ export async function openDatabase(config: ToolkitConfig, options: OpenOptions =
   let embedded: EmbeddedServer | undefined;
   let serverTarget: ConnectionTarget & { kind: 'server' };
   if (target.kind === 'embedded') {
+    // Loaded only when used: PGlite is large, and a server run never needs it.
+    const { startEmbedded } = await import('./embedded.ts');
     embedded = await startEmbedded(target.dataDir);
     options.log?.(`Using the embedded PostgreSQL (PGlite with pgvector); data in ${embedded.dataDir}`);
     serverTarget = {

@@ -69,7 +69,7 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   for (const tenant of tenants) {
     if (tenant.status !== 'ACTIVE') preliminary.push(skipped(tenant, `status is ${tenant.status}, not ACTIVE`));
   }
-  for await (const states of scanSchemas(knex, active.map((t) => t.schema), TENANT_TRACKING_TABLE)) {
+  for await (const states of scanSchemas(knex, active.map((t) => t.schema), TENANT_TRACKING_TABLE, Math.min(4, options.concurrency))) {
     for (const [schema, state] of states) {
       const tenant = bySchema.get(schema)!;
       // A missing schema is left to the run, which reports it under the tenant's lock like any

@@ -124,8 +124,9 @@ export async function migrateInTransaction(
   target: SchemaTarget,
   migrations: readonly Migration[],
   settings: RunSettings,
+  options: { alreadyLocked?: boolean } = {},
 ): Promise<{ readonly applied: readonly string[]; readonly complete: boolean; readonly batch: number }> {
-  const applied = await scopeAndRead(trx, target, settings);
+  const applied = await scopeAndRead(trx, target, settings, options.alreadyLocked ?? false);
   const plan = planFor('up', migrations, applied, false);
   const done = await runSteps(trx, target, plan.steps, 'up', plan.batch, { stopAtNonTransactional: true });
   return { applied: done, complete: done.length === plan.steps.length, batch: plan.batch };
@@ -142,10 +143,10 @@ function planFor(direction: Direction, migrations: readonly Migration[], applied
  * schema exists (PostgreSQL would silently skip a missing one and fall through to public),
  * creates the tracking table if needed (race-free: we hold the schema's lock), and reads it.
  */
-async function scopeAndRead(trx: Knex.Transaction, target: SchemaTarget, settings: RunSettings): Promise<AppliedMigration[]> {
+async function scopeAndRead(trx: Knex.Transaction, target: SchemaTarget, settings: RunSettings, alreadyLocked = false): Promise<AppliedMigration[]> {
   // The lock comes first and alone: lock_timeout must not cut short a wait for another run of ours,
   // and the tracking table must be read in a statement that starts after the lock is granted.
-  await lockForTransaction(trx, target.schema);
+  if (!alreadyLocked) await lockForTransaction(trx, target.schema);
   const result = await trx.raw(
     `select set_config('search_path', ?, true) as search_path,
             set_config('lock_timeout', ?, true) as lock_timeout,
@@ -163,8 +164,8 @@ async function scopeAndRead(trx: Knex.Transaction, target: SchemaTarget, setting
 }
 
 async function readApplied(conn: Knex | Knex.Transaction, target: SchemaTarget): Promise<AppliedMigration[]> {
-  const rows = await conn.withSchema(target.schema).from(target.trackingTable).select('name', 'batch').orderBy('id');
-  return rows.map((row: { name: string; batch: number }) => ({ name: row.name, batch: Number(row.batch) }));
+  const result = await conn.raw('select name, batch from ??.?? order by id', [target.schema, target.trackingTable]);
+  return result.rows.map((row: { name: string; batch: number }) => ({ name: row.name, batch: Number(row.batch) }));
 }
 
 /** Knex's own tracking-table shape, so that `knex migrate:list` reads the same history. */
@@ -216,12 +217,16 @@ async function runOne(conn: Knex | Knex.Transaction, migration: Migration, direc
 
 async function record(conn: Knex | Knex.Transaction, target: SchemaTarget, direction: Direction, names: readonly string[], batch: number): Promise<void> {
   if (names.length === 0) return;
-  const table = conn.withSchema(target.schema).from(target.trackingTable);
   if (direction === 'up') {
     const now = new Date();
-    await table.insert(names.map((name) => ({ name, batch, migration_time: now })));
+    const values = names.map(() => '(?, ?, ?)').join(', ');
+    await conn.raw(`insert into ??.?? (name, batch, migration_time) values ${values}`, [
+      target.schema,
+      target.trackingTable,
+      ...names.flatMap((name) => [name, batch, now]),
+    ]);
   } else {
-    await table.whereIn('name', [...names]).delete();
+    await conn.raw('delete from ??.?? where name = any(?::text[])', [target.schema, target.trackingTable, [...names]]);
   }
 }
 

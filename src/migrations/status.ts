@@ -40,7 +40,12 @@ export interface StatusReport {
  * Master history, then every tenant's position, in a few round trips whatever the tenant count.
  * A tenant is `failed` when provisioning failed or its last migration run failed.
  */
-export async function collectStatus(knex: Knex, master: readonly Migration[], tenant: readonly Migration[]): Promise<StatusReport> {
+export async function collectStatus(
+  knex: Knex,
+  master: readonly Migration[],
+  tenant: readonly Migration[],
+  options: { parallel?: number } = {},
+): Promise<StatusReport> {
   const masterApplied = await readMaster(knex);
   const masterPlan = planUp(master, masterApplied);
   const summary = { 'up-to-date': 0, behind: 0, failed: 0, 'schema-missing': 0, 'not-active': 0, total: 0 };
@@ -55,7 +60,7 @@ export async function collectStatus(knex: Knex, master: readonly Migration[], te
   const tenants = await listTenants(knex);
   const rows: TenantStatusRow[] = [];
   const bySchema = new Map(tenants.map((t) => [t.schema, t]));
-  for await (const states of scanSchemas(knex, tenants.map((t) => t.schema), TENANT_TRACKING_TABLE)) {
+  for await (const states of scanSchemas(knex, tenants.map((t) => t.schema), TENANT_TRACKING_TABLE, options.parallel ?? 1)) {
     for (const [schema, scan] of states) {
       const t = bySchema.get(schema)!;
       const plan = planUp(tenant, scan.applied);

@@ -5,9 +5,10 @@ import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
 import { MigrationFailedError, migrateInTransaction, runSchema, type RunFailure, type RunSettings } from '../migrations/runner.ts';
 import type { Migration } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
-import { candidateSchemaNames, validateOrgId } from '../tenants/naming.ts';
+import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
 import {
   assertRegistry,
+  claimTenant,
   findTenantByOrgId,
   findTenantBySchema,
   registerTenant,
@@ -16,8 +17,18 @@ import {
 } from '../tenants/registry.ts';
 import { ensureExtensions } from './extensions.ts';
 
+/**
+ * What a long-lived caller (a toolkit serving webhooks) has already established and need not
+ * check again: the registry exists, and these checksums are verified.
+ */
+export interface ProvisionMemo {
+  registry?: boolean;
+  verified?: ReadonlySet<string>;
+}
+
 export interface ProvisionOptions {
   readonly migrations: readonly Migration[];
+  readonly memo?: ProvisionMemo;
   /** Extensions to make sure of in `public` before migrating (default config: `vector`). */
   readonly extensions: readonly string[];
   readonly settings: RunSettings;
@@ -54,8 +65,12 @@ export class OrphanSchemaError extends ToolkitError {
 export async function provision(knex: Knex, orgId: string, options: ProvisionOptions): Promise<ProvisionReport> {
   const started = Date.now();
   validateOrgId(orgId);
-  await assertRegistry(knex);
-  const recorded = await verifyChecksums(knex, 'tenant', options.migrations);
+  const memo = options.memo ?? {};
+  if (!memo.registry) {
+    await assertRegistry(knex);
+    memo.registry = true;
+  }
+  const recorded = memo.verified ?? (await verifyChecksums(knex, 'tenant', options.migrations));
   const tenant = await claim(knex, orgId);
   const result = (outcome: ProvisionReport['outcome'], migrations: readonly string[], error: unknown = null): ProvisionReport => ({
     orgId,
@@ -75,6 +90,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   if (tenant.status === 'ACTIVE') return result('already-active', []);
   try {
     if (tenant.status === 'FAILED') await setTenantStatus(knex, orgId, 'PROVISIONING');
+    // Checked every time (one query): an extension can be dropped under a long-lived process.
     await ensureExtensions(knex, options.extensions);
     const target = tenantTarget(tenant.schema);
     const outcome = await knex.transaction(async (trx) => {
@@ -82,7 +98,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
       // A concurrent provisioner may have finished while we waited for the lock.
       if ((await findTenantByOrgId(trx, orgId))?.status === 'ACTIVE') return undefined;
       await trx.raw('create schema if not exists ??', [tenant.schema]);
-      const run = await migrateInTransaction(trx, target, options.migrations, options.settings);
+      const run = await migrateInTransaction(trx, target, options.migrations, options.settings, { alreadyLocked: true });
       if (run.complete) await setTenantStatus(trx, orgId, 'ACTIVE');
       return run;
     });
@@ -96,7 +112,9 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
       if (rest.error) throw new ToolkitError(rest.error.code ?? 'E_MIGRATION', rest.error.message);
       await setTenantStatus(knex, orgId, 'ACTIVE');
     }
-    await recordChecksums(knex, 'tenant', options.migrations.filter((m) => applied.includes(m.name)), recorded);
+    const newlyApplied = options.migrations.filter((m) => applied.includes(m.name));
+    await recordChecksums(knex, 'tenant', newlyApplied, recorded);
+    memo.verified = new Set([...recorded, ...newlyApplied.map((m) => m.name)]);
     return result('provisioned', applied);
   } catch (error) {
     await setTenantStatus(knex, orgId, 'FAILED', describeError(error)).catch(() => undefined);
@@ -110,6 +128,8 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
  * name that exists as a schema but is registered to nobody is refused, never adopted.
  */
 async function claim(knex: Knex, orgId: string): Promise<Tenant> {
+  const fast = await claimTenant(knex, orgId, schemaNameFor(orgId));
+  if (fast) return fast;
   const existing = await findTenantByOrgId(knex, orgId);
   if (existing) return existing;
   for (const schema of candidateSchemaNames(orgId)) {

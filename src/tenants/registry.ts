@@ -33,7 +33,7 @@ function select(knex: Knex | Knex.Transaction): Knex.QueryBuilder {
   return table(knex).select(COLUMNS);
 }
 
-function toTenant(row: Record<string, unknown>): Tenant {
+export function toTenant(row: Record<string, unknown>): Tenant {
   return {
     id: Number(row.id),
     orgId: String(row.orgId),
@@ -96,4 +96,27 @@ export async function setMigrationError(knex: Knex | Knex.Transaction, schema: s
   await table(knex)
     .where(COLUMNS.schema, schema)
     .update({ [COLUMNS.lastMigrationError]: error, updated_at: knex.fn.now() });
+}
+
+/**
+ * The one-round-trip path of provisioning: registers `orgId` under `schema` as PROVISIONING if
+ * neither is taken and no schema of that name exists, and returns the org's row (new or
+ * existing). Undefined means the slow path must decide (name collision, or an orphan schema).
+ */
+export async function claimTenant(knex: Knex | Knex.Transaction, orgId: string, schema: string): Promise<Tenant | undefined> {
+  const columns = 'id, clerk_org_id as "orgId", schema_name as "schema", status, error, last_migration_error as "lastMigrationError"';
+  const result = await knex.raw(
+    `with inserted as (
+       insert into public.tenants (clerk_org_id, schema_name, status)
+       select ?, ?, 'PROVISIONING' where not exists (select 1 from pg_namespace where nspname = ?)
+       on conflict do nothing
+       returning ${columns})
+     select * from inserted
+     union all
+     select ${columns} from public.tenants where clerk_org_id = ?
+     limit 1`,
+    [orgId, schema, schema, orgId],
+  );
+  const row = result.rows[0] as Record<string, unknown> | undefined;
+  return row ? toTenant(row) : undefined;
 }
