@@ -20,7 +20,6 @@ import { startEngine, type TestEngine } from '../helpers/engine.ts';
 import {
   BASE_DIR,
   cliEnv,
-  connectTarget,
   hasStack,
   MASTER_DIR,
   NEXT_DIR,
@@ -37,6 +36,7 @@ import {
   watch,
   withTkAt,
 } from '../fixtures/rel-support/support.ts';
+import { connectTarget } from '../fixtures/rel-support/network.ts';
 
 const TERMINATED = orgIds('org_term', 5);
 const BLOCKED = orgIds('org_block', 3);
