@@ -67,8 +67,11 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
       ...(run.onTenant ? { onTenant: run.onTenant } : {}),
     });
     if (direction === 'up') {
+      // A tenant now up to date has every local file applied, so every file's checksum is
+      // recorded, including those a crashed run applied without getting to record them.
+      const complete = report.tenants.some((t) => t.outcome === 'migrated' || t.outcome === 'up-to-date');
       const applied = new Set(report.tenants.flatMap((t) => t.migrations));
-      await recordChecksums(knex, 'tenant', migrations.filter((m) => applied.has(m.name)), recorded);
+      await recordChecksums(knex, 'tenant', complete ? migrations : migrations.filter((m) => applied.has(m.name)), recorded);
     }
     return report;
   };

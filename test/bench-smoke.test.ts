@@ -35,7 +35,8 @@ function bench(args: readonly string[], env: Record<string, string>): Promise<{ 
 
 const server = process.env.TEST_DATABASE_URL;
 
-describe.runIf(server)('pnpm bench --smoke on a server', () => {
+// Registered only where a server is configured (not skipped): the refusal below runs everywhere.
+if (server) describe('pnpm bench --smoke on a server', () => {
   it('runs every variant and writes JSON with each of them', async () => {
     const file = path.join(out, 'smoke.json');
     const run = await bench(['--smoke', '--out', file], { DATABASE_URL: server! });
@@ -59,7 +60,7 @@ describe.runIf(server)('pnpm bench --smoke on a server', () => {
   }, 300_000);
 });
 
-describe.skipIf(server)('pnpm bench without a server', () => {
+describe('pnpm bench without a server', () => {
   it('refuses the embedded engine with a clear message and exit code 2', async () => {
     // Empty values override any developer .env, leaving no server configured.
     const none = Object.fromEntries(CONNECTION_VARS.map((k) => [k, '']));

@@ -231,18 +231,18 @@ describe('withTenant isolation', () => {
     expect((await expectRejection(tenants.withTenant("x'; drop schema public; --", cb), TenantNotFoundError)).message).toMatch(/malformed/);
 
     await tk.knex('tenants').insert([
-      { clerk_org_id: 'org_halfway', schema_name: 'tid_halfway', status: 'PROVISIONING' },
-      { clerk_org_id: 'org_broken', schema_name: 'tid_broken', status: 'FAILED', error: 'it broke' },
+      { clerk_org_id: 'org_halfway', schema_name: 'tid_0a1f0a1f0a', status: 'PROVISIONING' },
+      { clerk_org_id: 'org_broken', schema_name: 'tid_0b0b0b0b0b', status: 'FAILED', error: 'it broke' },
     ]);
     const halfway = await expectRejection(tenants.withTenant('org_halfway', cb), TenantUnavailableError);
-    expect(halfway).toMatchObject({ httpStatus: 503, reason: 'provisioning', status: 'PROVISIONING', schema: 'tid_halfway', orgId: 'org_halfway' });
+    expect(halfway).toMatchObject({ httpStatus: 503, reason: 'provisioning', status: 'PROVISIONING', schema: 'tid_0a1f0a1f0a', orgId: 'org_halfway' });
     const broken = await expectRejection(tenants.withTenant('org_broken', cb), TenantUnavailableError);
     expect(broken).toMatchObject({ httpStatus: 503, reason: 'failed', status: 'FAILED' });
     expect(ran).toBe(0);
 
     // Refusals are not cached: the tenant is served as soon as its provisioning finishes.
     expect(tenants.stats().cached).toBe(0);
-    await tk.knex.raw('create schema tid_halfway');
+    await tk.knex.raw('create schema tid_0a1f0a1f0a');
     await tk.knex('tenants').where({ clerk_org_id: 'org_halfway' }).update({ status: 'ACTIVE' });
     await tenants.withTenant('org_halfway', cb);
     expect(ran).toBe(1);
@@ -307,9 +307,9 @@ describe('the lookup cache', () => {
 
     // A row re-pointed to another schema is followed (one fresh lookup), not refused.
     await tk.knex('tenants').where({ clerk_org_id: 'org_cache_new_owner' }).update({ clerk_org_id: c });
-    await tk.knex('tenants').where({ clerk_org_id: a }).update({ schema_name: 'tid_cache_a_moved' });
-    await tk.knex.raw('alter schema ?? rename to tid_cache_a_moved', [schema(a)]);
-    expect(await tenants.withTenant(a, cb)).toBe('tid_cache_a_moved');
+    await tk.knex('tenants').where({ clerk_org_id: a }).update({ schema_name: 'tid_0c0c0c0c0c0c' });
+    await tk.knex.raw('alter schema ?? rename to tid_0c0c0c0c0c0c', [schema(a)]);
+    expect(await tenants.withTenant(a, cb)).toBe('tid_0c0c0c0c0c0c');
   });
 
   it('expires entries after the TTL and keeps at most `max` tenants, least recently used out first', async () => {

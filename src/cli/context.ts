@@ -1,6 +1,7 @@
 import pc from 'picocolors';
 import { configFromEnvironment } from '../config/env.ts';
 import { parseDuration, type ToolkitConfig } from '../config/config.ts';
+import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { UsageError } from '../errors.ts';
 import { openToolkit, type Toolkit } from '../toolkit.ts';
 
@@ -30,6 +31,8 @@ export async function withToolkit<T>(options: CommonOptions, cb: (toolkit: Toolk
   process.once('SIGTERM', onSignal);
   try {
     return await cb(toolkit);
+  } catch (error) {
+    throw isConnectionLoss(error) ? connectionFailure(toolkit.describe, error, 'Lost the connection to') : error;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

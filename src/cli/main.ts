@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
-import { connectionFailure } from '../db/connection.ts';
-import { networkErrorCode } from '../db/pg-errors.ts';
+import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { ToolkitError } from '../errors.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerMake } from './commands/make.ts';
@@ -40,7 +39,7 @@ function report(error: unknown, verbose: boolean): number {
     return error.exitCode === 0 || error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
   }
   let known: ToolkitError | undefined = error instanceof ToolkitError ? error : undefined;
-  if (!known && networkErrorCode(error)) known = connectionFailure('the database', error);
+  if (!known && isConnectionLoss(error)) known = connectionFailure('the database', error, 'Lost the connection to');
   const message = known ? known.message : `unexpected error: ${(error as Error)?.message ?? String(error)}`;
   process.stderr.write(`${pc.red('error:')} ${message}\n`);
   if (verbose) process.stderr.write(`${(error as Error)?.stack ?? ''}\n${causeChain(error)}`);

@@ -122,8 +122,21 @@ export async function withDatabase<T>(config: ToolkitConfig, cb: (db: Database) 
   }
 }
 
+/**
+ * Whether an error means the connection itself went away (network error, server shutdown or
+ * termination, pg's "Connection terminated"), as opposed to a statement failing.
+ */
+export function isConnectionLoss(error: unknown): boolean {
+  if (error instanceof ToolkitError) return false;
+  const state = sqlState(error);
+  if (state && (state.startsWith('08') || ['57P01', '57P02', '57P03'].includes(state))) return true;
+  if (networkErrorCode(error)) return true;
+  const message = (error as Error | undefined)?.message ?? '';
+  return /Connection terminated|not queryable|Client has encountered a connection error|terminating connection/i.test(message);
+}
+
 /** Turns a driver error met while connecting into one line naming the server and the reason. */
-export function connectionFailure(where: string, error: unknown): ToolkitError {
+export function connectionFailure(where: string, error: unknown, verb = 'Cannot connect to'): ToolkitError {
   if (error instanceof ToolkitError) return error;
   const state = sqlState(error);
   const network = networkErrorCode(error);
@@ -134,5 +147,5 @@ export function connectionFailure(where: string, error: unknown): ToolkitError {
   else if (state === SQLSTATE.INVALID_CATALOG_NAME) reason = detail;
   else if (/timeout/i.test(detail)) reason = `timed out (${detail})`;
   else reason = detail;
-  return new ConnectionError(`Cannot connect to PostgreSQL at ${where}: ${reason}`, error);
+  return new ConnectionError(`${verb} PostgreSQL at ${where}: ${reason}`, error);
 }

@@ -1,10 +1,10 @@
 import type { Knex } from 'knex';
 import { UsageError } from '../errors.ts';
-import { validateOrgId } from '../tenants/naming.ts';
+import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { assertRegistry, listTenants, setMigrationError, type Tenant } from '../tenants/registry.ts';
 import { planDown, planUp, type Direction } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
-import { runSchema, type RunFailure, type RunSettings } from './runner.ts';
+import { runSchema, type RunFailure, type RunSettings, type SchemaRunReport } from './runner.ts';
 import type { Migration } from './source.ts';
 import { TENANT_TRACKING_TABLE, tenantTarget } from './targets.ts';
 
@@ -69,7 +69,10 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   for (const tenant of tenants) {
     if (tenant.status !== 'ACTIVE') preliminary.push(skipped(tenant, `status is ${tenant.status}, not ACTIVE`));
   }
-  for await (const states of scanSchemas(knex, active.map((t) => t.schema), TENANT_TRACKING_TABLE, Math.min(4, options.concurrency))) {
+  // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
+  queue.push(...active.filter((t) => !isTenantSchemaName(t.schema)));
+  const scannable = active.filter((t) => isTenantSchemaName(t.schema));
+  for await (const states of scanSchemas(knex, scannable.map((t) => t.schema), TENANT_TRACKING_TABLE, Math.min(4, options.concurrency))) {
     for (const [schema, state] of states) {
       const tenant = bySchema.get(schema)!;
       // A missing schema is left to the run, which reports it under the tenant's lock like any
@@ -93,7 +96,9 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
     while (!stop && next < queue.length) {
       const tenant = queue[next++]!;
       const t0 = Date.now();
-      const run = await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, options.direction, { all: options.all ?? false });
+      const run = isTenantSchemaName(tenant.schema)
+        ? await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, options.direction, { all: options.all ?? false })
+        : refusedSchema(tenant.schema, options.direction);
       const report: TenantReport = {
         orgId: tenant.orgId,
         schema: tenant.schema,
@@ -137,6 +142,24 @@ async function recordErrors(knex: Knex, reports: readonly TenantReport[], tenant
       // Bookkeeping must not turn a tenant's result into a crash (the server may be gone); the report still says it.
     }
   }
+}
+
+/** The report of a tenant whose registry row names a schema the toolkit would not derive. */
+function refusedSchema(schema: string, direction: 'up' | 'down'): SchemaRunReport {
+  return {
+    schema,
+    outcome: 'failed',
+    direction,
+    batch: null,
+    migrations: [],
+    results: [],
+    warnings: [],
+    error: {
+      migration: null,
+      message: `registry schema name ${JSON.stringify(schema)} is not a tenant schema (tid_ + hex); refusing to migrate it`,
+      code: 'E_SCHEMA_NAME',
+    },
+  };
 }
 
 function skipped(tenant: Tenant, reason: string): TenantReport {

@@ -63,6 +63,13 @@ function checkDuplicates(files: readonly string[]): void {
   }
 }
 
+/** The line of a load error that says where: esbuild puts `file:line:col: ERROR: …` after a header. */
+function loadErrorLine(error: unknown): string {
+  const text = (error as Error | undefined)?.message ?? String(error);
+  const located = text.split('\n').find((line) => /:\d+:\d+: ERROR: /.test(line));
+  return located ? located.replace(/^.*[\\/]/, '').trim() : describeError(error);
+}
+
 export function checksumOf(content: string): string {
   return createHash('sha256').update(content.replace(/\r\n/g, '\n'), 'utf8').digest('hex');
 }
@@ -75,7 +82,7 @@ async function loadFile(file: string): Promise<Migration> {
     // The checksum in the URL makes an edited file load afresh in a long-lived process.
     mod = await import(`${pathToFileURL(file).href}?v=${checksum.slice(0, 12)}`);
   } catch (error) {
-    throw new MigrationSourceError(`Cannot load migration ${name}: ${describeError(error)}`, { file, cause: error });
+    throw new MigrationSourceError(`Cannot load migration ${name}: ${loadErrorLine(error)}`, { file, cause: error });
   }
   // CommonJS files compiled by TypeScript arrive under `default`.
   const exported = typeof mod.up === 'function' ? mod : (mod.default ?? mod);

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { SCHEMA_PREFIX } from '../tenants/naming.ts';
+import { isTenantSchemaName, SCHEMA_PREFIX } from '../tenants/naming.ts';
 import { assertRegistry, listTenants } from '../tenants/registry.ts';
 import { planUp } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
@@ -67,6 +67,7 @@ export async function collectStatus(
       const state: TenantState =
         t.status === 'FAILED' ? 'failed'
         : t.status !== 'ACTIVE' ? 'not-active'
+        : !isTenantSchemaName(schema) ? 'failed'
         : !scan.exists ? 'schema-missing'
         : t.lastMigrationError !== null || plan.missing.length > 0 ? 'failed'
         : plan.steps.length > 0 ? 'behind'
@@ -81,7 +82,9 @@ export async function collectStatus(
         applied: scan.applied.length,
         pending: plan.steps.map((m) => m.name),
         missing: plan.missing,
-        error: t.status === 'FAILED' ? t.error : t.lastMigrationError,
+        error: t.status === 'FAILED' ? t.error
+          : !isTenantSchemaName(schema) ? `registry schema name ${JSON.stringify(schema)} is not a tenant schema (tid_ + hex)`
+          : t.lastMigrationError,
       });
     }
   }

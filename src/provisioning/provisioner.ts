@@ -8,6 +8,7 @@ import { tenantTarget } from '../migrations/targets.ts';
 import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
 import {
   assertRegistry,
+  markTenantFailed,
   claimTenant,
   findTenantByOrgId,
   findTenantBySchema,
@@ -87,7 +88,13 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
             code: (error as { code?: string }).code ?? null,
           },
   });
-  if (tenant.status === 'ACTIVE') return result('already-active', []);
+  // An ACTIVE tenant has every local file applied: record any checksum a crashed run left unrecorded.
+  const alreadyActive = async (): Promise<ProvisionReport> => {
+    await recordChecksums(knex, 'tenant', options.migrations, recorded);
+    memo.verified = new Set(options.migrations.map((m) => m.name));
+    return result('already-active', []);
+  };
+  if (tenant.status === 'ACTIVE') return alreadyActive();
   try {
     if (tenant.status === 'FAILED') await setTenantStatus(knex, orgId, 'PROVISIONING');
     // Checked every time (one query): an extension can be dropped under a long-lived process.
@@ -102,7 +109,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
       if (run.complete) await setTenantStatus(trx, orgId, 'ACTIVE');
       return run;
     });
-    if (outcome === undefined) return result('already-active', []);
+    if (outcome === undefined) return alreadyActive();
     let applied = outcome.applied;
     if (!outcome.complete) {
       // Steps declaring `transaction: false` cannot share the transaction; they run now, and the
@@ -117,7 +124,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
     memo.verified = new Set([...recorded, ...newlyApplied.map((m) => m.name)]);
     return result('provisioned', applied);
   } catch (error) {
-    await setTenantStatus(knex, orgId, 'FAILED', describeError(error)).catch(() => undefined);
+    await markTenantFailed(knex, orgId, describeError(error)).catch(() => undefined);
     return result('failed', [], error);
   }
 }

@@ -4,7 +4,7 @@ import { tenantSearchPath } from '../db/identifiers.ts';
 import { sqlState, SQLSTATE } from '../db/pg-errors.ts';
 import { ConfigError, describeError, RegistryMissingError } from '../errors.ts';
 import type { MigrationSource } from '../migrations/source.ts';
-import { validateOrgId } from '../tenants/naming.ts';
+import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { findTenantByOrgId } from '../tenants/registry.ts';
 import { ExpiringLru } from './cache.ts';
 import { reasonForStatus, TenantNotFoundError, TenantUnavailableError } from './errors.ts';
@@ -115,6 +115,8 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     const row = await registryQuery(() => findTenantByOrgId(knex, orgId));
     if (!row) throw new TenantNotFoundError(orgId);
     if (row.status !== 'ACTIVE') throw new TenantUnavailableError(orgId, row.schema, row.status, reasonForStatus(row.status));
+    // A hand-edited row pointing at `public` (or anything not derived) is never routed to.
+    if (!isTenantSchemaName(row.schema)) throw new TenantUnavailableError(orgId, row.schema, row.status, 'schema-invalid');
     // Only ACTIVE tenants are cached: an org being provisioned must be served as soon as it is ready.
     const tenant: CachedTenant = { orgId, schema: row.schema, lastMigrationError: row.lastMigrationError };
     cache.set(orgId, tenant, settings.ttlMs);

@@ -4,7 +4,7 @@ import { ToolkitError } from '../errors.ts';
  * Why a tenant cannot be served right now: still being provisioned, provisioning failed, its
  * registry row has a status set by hand, or its schema is missing from the database.
  */
-export type TenantUnavailableReason = 'provisioning' | 'failed' | 'inactive' | 'schema-missing';
+export type TenantUnavailableReason = 'provisioning' | 'failed' | 'inactive' | 'schema-missing' | 'schema-invalid';
 
 /**
  * Base of the errors `withTenant` throws before running the callback. `httpStatus` is the
@@ -60,6 +60,8 @@ function describeReason(reason: TenantUnavailableReason, status: string): string
       return 'its provisioning failed (provision it again)';
     case 'schema-missing':
       return 'its schema does not exist in the database (refusing to fall through to public)';
+    case 'schema-invalid':
+      return 'its registry row names a schema that is not a tenant schema (tid_ + hex)';
     case 'inactive':
       return `its registry status is ${status}, not ACTIVE`;
   }

@@ -8,6 +8,23 @@ export const MAX_HASH_DIGITS = 32;
 export const SCHEMA_PREFIX = 'tid_';
 
 const ORG_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const TENANT_SCHEMA = /^tid_[0-9a-f]{10,32}$/;
+// Control and bidirectional characters would make an echoed id read differently on a terminal.
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/** JSON-quotes a value for an error message, with invisible characters spelled out. */
+function shown(value: string): string {
+  return JSON.stringify(value).replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/**
+ * Whether a registry row's schema name is one the toolkit derives (`tid_` + 10 to 32 hex digits).
+ * Anything else (`public`, a hand-edited name) is never migrated or routed to: tenant
+ * migrations must not land in a shared schema.
+ */
+export function isTenantSchemaName(schema: string): boolean {
+  return TENANT_SCHEMA.test(schema);
+}
 
 /**
  * Checks a Clerk organisation id: 1 to 64 letters, digits, `_` or `-`.
@@ -17,7 +34,7 @@ export function validateOrgId(orgId: unknown): string {
   if (typeof orgId !== 'string' || orgId.length === 0) throw new UsageError('Invalid org id: it is empty', { code: 'E_ORG_ID' });
   if (orgId.length > 64) throw new UsageError(`Invalid org id: ${orgId.length} characters, at most 64 allowed`, { code: 'E_ORG_ID' });
   if (!ORG_ID.test(orgId)) {
-    throw new UsageError(`Invalid org id ${JSON.stringify(orgId)}: only letters, digits, "_" and "-" are allowed`, { code: 'E_ORG_ID' });
+    throw new UsageError(`Invalid org id ${shown(orgId)}: only letters, digits, "_" and "-" are allowed`, { code: 'E_ORG_ID' });
   }
   return orgId;
 }

@@ -91,6 +91,17 @@ export async function setTenantStatus(
     .update({ [COLUMNS.status]: status, [COLUMNS.error]: error, updated_at: knex.fn.now() });
 }
 
+/**
+ * Marks a tenant FAILED with the reason, unless it is ACTIVE: an error met after the schema
+ * transaction committed (a lost COMMIT reply, bookkeeping) must not fail a complete tenant.
+ */
+export async function markTenantFailed(knex: Knex | Knex.Transaction, orgId: string, reason: string): Promise<void> {
+  await table(knex)
+    .where(COLUMNS.orgId, orgId)
+    .whereNot(COLUMNS.status, 'ACTIVE')
+    .update({ [COLUMNS.status]: 'FAILED', [COLUMNS.error]: reason, updated_at: knex.fn.now() });
+}
+
 /** Records (or clears, with null) the last migration error of a tenant, shown by status. */
 export async function setMigrationError(knex: Knex | Knex.Transaction, schema: string, error: string | null): Promise<void> {
   await table(knex)

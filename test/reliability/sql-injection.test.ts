@@ -75,7 +75,7 @@ describe('SQL injection', () => {
     await expectUntouched(0);
   });
 
-  it('through registry rows edited by hand: each hostile schema name is reported missing, nothing runs', async () => {
+  it('through registry rows edited by hand: each hostile schema name is refused as not a tenant schema, nothing runs', async () => {
     await withTk(engine, BASE_DIR, (tk) =>
       tk.knex('tenants').insert(PAYLOADS.map((schema, i) => ({ clerk_org_id: `org_hostile_${i}`, schema_name: schema, status: 'ACTIVE' }))),
     );
@@ -89,8 +89,10 @@ describe('SQL injection', () => {
       }
       const status = await runCli(['migrate:status', '--json'], cliEnv(engine, NEXT_DIR));
       expect(status.code).toBe(0);
-      const report = JSON.parse(status.stdout) as { tenants: { orgId: string; state: string }[] };
-      expect(report.tenants.filter((t) => t.orgId.startsWith('org_hostile_')).map((t) => t.state)).toEqual(PAYLOADS.map(() => 'schema-missing'));
+      const report = JSON.parse(status.stdout) as { tenants: { orgId: string; state: string; error: string | null }[] };
+      const hostile = report.tenants.filter((t) => t.orgId.startsWith('org_hostile_'));
+      expect(hostile.map((t) => t.state)).toEqual(PAYLOADS.map(() => 'failed'));
+      for (const t of hostile) expect(t.error).toMatch(/not a tenant schema/);
       await expectUntouched(PAYLOADS.length);
       await withTk(engine, NEXT_DIR, async (tk) => {
         const rollback = await tk.rollbackTenants();
@@ -103,7 +105,7 @@ describe('SQL injection', () => {
     }
   });
 
-  it('through a schema that really has a hostile name: migrations land inside it, quoted, and status reads it', async () => {
+  it('through a schema that really has a hostile name: the runner quotes it, migrations land inside it, and the fan-out refuses the row', async () => {
     // No dot in it: Knex's identifier bindings read a dot as a schema/table separator (safely
     // quoted either way), and the toolkit never derives such a name.
     const hostile = 'x"; drop table tenants cascade; --';
@@ -121,7 +123,10 @@ describe('SQL injection', () => {
         expect(await publicTables(tk.knex)).toEqual(publicBefore);
 
         const status = await tk.status();
-        expect(status.tenants.find((t) => t.orgId === 'org_hostile_real')).toMatchObject({ schema: hostile, applied: 3, state: 'up-to-date' });
+        // Read, quoted, by status; refused by migrate:tenants, which runs only derived tid_ names.
+        expect(status.tenants.find((t) => t.orgId === 'org_hostile_real')).toMatchObject({ schema: hostile, applied: 3, state: 'failed' });
+        const fanout = await tk.migrateTenants({ orgIds: ['org_hostile_real'] });
+        expect(fanout.tenants[0]).toMatchObject({ outcome: 'failed', error: { code: 'E_SCHEMA_NAME' } });
       } finally {
         await tk.knex('tenants').where('clerk_org_id', 'org_hostile_real').delete();
         await tk.knex.raw(`drop schema ${quoteIdent(hostile)} cascade`);
