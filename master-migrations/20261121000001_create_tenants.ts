@@ -13,6 +13,10 @@ export async function up(knex: Knex): Promise<void> {
       .checkIn(['PROVISIONING', 'ACTIVE', 'FAILED'], 'tenants_status_check');
     table.text('error').nullable().comment('Why provisioning failed (status FAILED)');
     table.text('last_migration_error').nullable().comment('Why the last tenant migration run failed here');
+    table
+      .string('migrations_digest', 32)
+      .nullable()
+      .comment('md5 of the sorted names applied in the tenant schema, written with its tracking rows');
     table.timestamp('created_at', { useTz: true }).notNullable().defaultTo(knex.fn.now());
     table.timestamp('updated_at', { useTz: true }).notNullable().defaultTo(knex.fn.now());
     table.index(['status'], 'tenants_status_idx');

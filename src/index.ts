@@ -19,6 +19,7 @@ export { schemaNameFor, validateOrgId, candidateSchemaNames } from './tenants/na
 export { listTenants, findTenantByOrgId, TENANT_STATUSES, type Tenant, type TenantStatus } from './tenants/registry.ts';
 export { folderSource, type Migration, type MigrationSource, type MigrationModule } from './migrations/source.ts';
 export { runSchema, SchemaMissingError, MissingFilesError, MigrationFailedError, type SchemaRunReport, type SchemaTarget, type RunSettings, type RunFailure } from './migrations/runner.ts';
+export { digestOf } from './migrations/plan.ts';
 export { runTenants, type FanoutReport, type TenantReport, type TenantOutcome, type Totals } from './migrations/fanout.ts';
 export { collectStatus, type StatusReport, type TenantStatusRow, type TenantState } from './migrations/status.ts';
 export { MASTER_TARGET, tenantTarget, TENANT_TRACKING_TABLE, MASTER_TRACKING_TABLE } from './migrations/targets.ts';

@@ -8,6 +8,7 @@ import type { RunSettings, SchemaRunReport } from './migrations/runner.ts';
 import { folderSource, type Migration, type MigrationSource } from './migrations/source.ts';
 import { collectStatus, type StatusReport } from './migrations/status.ts';
 import { provision, type ProvisionMemo, type ProvisionReport } from './provisioning/provisioner.ts';
+import { registryKeepsDigest } from './tenants/registry.ts';
 
 export interface TenantRunOptions {
   /** Limit the run to these org ids. */
@@ -15,6 +16,8 @@ export interface TenantRunOptions {
   /** Tenants at once; defaults to the pool size. */
   readonly concurrency?: number;
   readonly failFast?: boolean;
+  /** Read every tenant's tracking table instead of trusting the registry digests. */
+  readonly verify?: boolean;
   readonly onStart?: (total: number, toRun: number) => void;
   readonly onTenant?: Parameters<typeof runTenants>[3]['onTenant'];
 }
@@ -48,7 +51,13 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
   const { knex, config } = options;
   const masterSource = options.sources?.master ?? folderSource(config.masterMigrationsDir, 'MASTER_MIGRATIONS_DIR');
   const tenantSource = options.sources?.tenant ?? folderSource(config.tenantMigrationsDir, 'TENANT_MIGRATIONS_DIR');
-  const settings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs };
+  const baseSettings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs };
+  // Whether the registry keeps per-tenant digests; remembered once seen (it never goes away).
+  let digestKept = false;
+  const settings = async (): Promise<RunSettings> => {
+    if (!digestKept) digestKept = await registryKeepsDigest(knex).catch(() => false);
+    return { ...baseSettings, trackDigest: digestKept };
+  };
   const poolMax = options.poolMax ?? config.poolMax;
   let tenantMigrations: Promise<readonly Migration[]> | undefined;
   const loadTenant = (): Promise<readonly Migration[]> => (tenantMigrations ??= tenantSource.load());
@@ -57,12 +66,13 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
   const fanout = async (direction: 'up' | 'down', run: TenantRunOptions & { all?: boolean }): Promise<FanoutReport> => {
     const migrations = await loadTenant();
     const recorded = await verifyChecksums(knex, 'tenant', migrations);
-    const report = await runTenants(knex, migrations, settings, {
+    const report = await runTenants(knex, migrations, await settings(), {
       direction,
       concurrency: Math.max(1, Math.min(run.concurrency ?? poolMax, poolMax)),
       ...(run.orgIds ? { orgIds: run.orgIds } : {}),
       failFast: run.failFast ?? false,
       all: run.all ?? false,
+      verify: run.verify ?? false,
       ...(run.onStart ? { onStart: run.onStart } : {}),
       ...(run.onTenant ? { onTenant: run.onTenant } : {}),
     });
@@ -80,10 +90,10 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
     knex,
     config,
     describe: options.describe ?? 'the configured database',
-    migrateMaster: async () => runMaster(knex, await masterSource.load(), settings, 'up'),
-    rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'down', o),
+    migrateMaster: async () => runMaster(knex, await masterSource.load(), baseSettings, 'up'),
+    rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), baseSettings, 'down', o),
     provisionTenant: async (orgId) =>
-      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings, memo: provisionMemo }),
+      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings: await settings(), memo: provisionMemo }),
     migrateTenants: (o = {}) => fanout('up', o),
     rollbackTenants: (o = {}) => fanout('down', o),
     status: async () => collectStatus(knex, await masterSource.load(), await loadTenant(), { parallel: Math.min(4, poolMax) }),

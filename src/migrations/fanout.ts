@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { UsageError } from '../errors.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { assertRegistry, listTenants, setMigrationError, type Tenant } from '../tenants/registry.ts';
-import { planDown, planUp, type Direction } from './plan.ts';
+import { digestOf, planDown, planUp, type Direction } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
 import { runSchema, type RunFailure, type RunSettings, type SchemaRunReport } from './runner.ts';
 import type { Migration } from './source.ts';
@@ -42,6 +42,8 @@ export interface FanoutOptions {
   readonly failFast?: boolean;
   /** With direction `down`: revert every batch, not only the last. */
   readonly all?: boolean;
+  /** Read every tenant's tracking table, even where the registry digest says it is up to date. */
+  readonly verify?: boolean;
   /** Called when the work is known (tenants that need a run), and after each tenant finishes. */
   readonly onStart?: (total: number, toRun: number) => void;
   readonly onTenant?: (report: TenantReport) => void;
@@ -56,7 +58,7 @@ export interface FanoutOptions {
 export async function runTenants(knex: Knex, migrations: readonly Migration[], settings: RunSettings, options: FanoutOptions): Promise<FanoutReport> {
   const started = Date.now();
   await assertRegistry(knex);
-  const tenants = await selectTenants(knex, options.orgIds);
+  const tenants = await selectTenants(knex, options.orgIds, settings.trackDigest ?? false);
   const reports: TenantReport[] = [];
   const emit = (report: TenantReport): void => {
     reports.push(report);
@@ -71,7 +73,13 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   }
   // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
   queue.push(...active.filter((t) => !isTenantSchemaName(t.schema)));
-  const scannable = active.filter((t) => isTenantSchemaName(t.schema));
+  // Up-to-date tenants cost nothing: the registry digest, written with each tenant's tracking
+  // rows, equals the folder's. Only the others have their tracking tables read.
+  const localDigest = digestOf(migrations.map((m) => m.name));
+  const trusted = (t: Tenant): boolean =>
+    options.direction === 'up' && !options.verify && settings.trackDigest === true && t.migrationsDigest === localDigest;
+  for (const tenant of active) if (isTenantSchemaName(tenant.schema) && trusted(tenant)) preliminary.push(upToDate(tenant));
+  const scannable = active.filter((t) => isTenantSchemaName(t.schema) && !trusted(t));
   for await (const states of scanSchemas(knex, scannable.map((t) => t.schema), TENANT_TRACKING_TABLE, Math.min(4, options.concurrency))) {
     for (const [schema, state] of states) {
       const tenant = bySchema.get(schema)!;
@@ -82,7 +90,9 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
         continue;
       }
       const plan = options.direction === 'up' ? planUp(migrations, state.applied) : planDown(migrations, state.applied, options.all ?? false);
-      if (plan.steps.length === 0 && plan.missing.length === 0) preliminary.push(upToDate(tenant));
+      // Up to date but with a stale digest: the run (under the tenant's lock) writes the digest.
+      const staleDigest = options.direction === 'up' && settings.trackDigest === true && tenant.migrationsDigest !== localDigest;
+      if (plan.steps.length === 0 && plan.missing.length === 0 && !staleDigest) preliminary.push(upToDate(tenant));
       else queue.push(tenant);
     }
   }
@@ -119,10 +129,10 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   return { direction: options.direction, tenants: reports, totals: totalsOf(reports), durationMs: Date.now() - started };
 }
 
-async function selectTenants(knex: Knex, orgIds: readonly string[] | undefined): Promise<Tenant[]> {
-  if (orgIds === undefined) return listTenants(knex);
+async function selectTenants(knex: Knex, orgIds: readonly string[] | undefined, withDigest: boolean): Promise<Tenant[]> {
+  if (orgIds === undefined) return listTenants(knex, { withDigest });
   for (const orgId of orgIds) validateOrgId(orgId);
-  const tenants = await listTenants(knex, { orgIds });
+  const tenants = await listTenants(knex, { orgIds, withDigest });
   const found = new Set(tenants.map((t) => t.orgId));
   const unknown = orgIds.filter((id) => !found.has(id));
   if (unknown.length > 0) throw new UsageError(`Not registered: ${unknown.join(', ')} (provision them with pnpm provision:tenant)`, { code: 'E_UNKNOWN_TENANT' });

@@ -1,4 +1,24 @@
+import { createHash } from 'node:crypto';
 import type { Migration } from './source.ts';
+
+/**
+ * A digest of a set of migration names (order-free): md5 of the sorted names, one per line.
+ * The registry keeps each tenant's, written with its tracking rows, so that a tenant whose
+ * digest equals the folder's is known up to date without opening its schema.
+ */
+export function digestOf(names: Iterable<string>): string {
+  return createHash('md5').update([...names].sort().join('\n'), 'utf8').digest('hex');
+}
+
+/** The set of applied names after `ran` went `direction`. */
+export function appliedAfter(applied: readonly AppliedMigration[], ran: readonly string[], direction: Direction): string[] {
+  const names = new Set(applied.map((row) => row.name));
+  for (const name of ran) {
+    if (direction === 'up') names.add(name);
+    else names.delete(name);
+  }
+  return [...names];
+}
 
 /** A row of a Knex tracking table. */
 export interface AppliedMigration {

@@ -3,7 +3,7 @@ import { withDedicatedConnection } from '../db/dedicated.ts';
 import { describeError, ToolkitError } from '../errors.ts';
 import { LOCK_NAMESPACE, lockForTransaction } from '../db/locks.ts';
 import { sqlState } from '../db/pg-errors.ts';
-import { planDown, planUp, type AppliedMigration, type Direction, type Plan } from './plan.ts';
+import { appliedAfter, digestOf, planDown, planUp, type AppliedMigration, type Direction, type Plan } from './plan.ts';
 import type { Migration } from './source.ts';
 
 /** Where one run happens: the schema that holds the tracking table and goes first on the path. */
@@ -14,11 +14,15 @@ export interface SchemaTarget {
   readonly searchPath: string;
   /** Also create Knex's `<table>_lock` table, so that the knex CLI can read the history. */
   readonly knexLockTable?: boolean;
+  /** Keep `public.tenants.migrations_digest` of this schema in step with its tracking rows. */
+  readonly registryDigest?: boolean;
 }
 
 export interface RunSettings {
   /** `lock_timeout` inside migration transactions, in ms; 0 waits forever. */
   readonly lockTimeoutMs: number;
+  /** The registry has a `migrations_digest` column to keep up to date (see `digestOf`). */
+  readonly trackDigest?: boolean;
 }
 
 export type MigrationStatus = 'Success' | 'Error' | 'NotExecuted';
@@ -102,7 +106,13 @@ export async function runSchema(
       // A batch holding a `transaction: false` step runs whole on the dedicated connection, under
       // one session lock, so that no other run can slip in between its parts.
       if (progress.plan.steps.some((m) => !m.transaction)) return [];
-      return runSteps(trx, target, progress.plan.steps, direction, progress.plan.batch, { stopAtNonTransactional: false });
+      const digest = digestWriter(target, settings, applied, direction);
+      if (progress.plan.steps.length === 0) {
+        // Queued because its registry digest was stale: put it right, so the next run skips it.
+        if (digest) await trx.raw(DIGEST_SQL, [digest([]), target.schema, digest([])]);
+        return [];
+      }
+      return runSteps(trx, target, progress.plan.steps, direction, progress.plan.batch, { stopAtNonTransactional: false }, digest);
     });
     progress.done.push(...committed);
     if (progress.done.length < progress.plan!.steps.length) {
@@ -128,7 +138,7 @@ export async function migrateInTransaction(
 ): Promise<{ readonly applied: readonly string[]; readonly complete: boolean; readonly batch: number }> {
   const applied = await scopeAndRead(trx, target, settings, options.alreadyLocked ?? false);
   const plan = planFor('up', migrations, applied, false);
-  const done = await runSteps(trx, target, plan.steps, 'up', plan.batch, { stopAtNonTransactional: true });
+  const done = await runSteps(trx, target, plan.steps, 'up', plan.batch, { stopAtNonTransactional: true }, digestWriter(target, settings, applied, 'up'));
   return { applied: done, complete: done.length === plan.steps.length, batch: plan.batch };
 }
 
@@ -194,6 +204,7 @@ async function runSteps(
   direction: Direction,
   batch: number,
   options: { stopAtNonTransactional: boolean },
+  digest?: DigestOf,
 ): Promise<string[]> {
   const ran: string[] = [];
   for (const migration of steps) {
@@ -201,9 +212,19 @@ async function runSteps(
     await runOne(conn, migration, direction);
     ran.push(migration.name);
   }
-  await record(conn, target, direction, ran, batch);
+  await record(conn, target, direction, ran, batch, digest?.(ran));
   return ran;
 }
+
+/** Gives the registry digest after some names ran, or nothing when the digest is not kept. */
+type DigestOf = (ran: readonly string[]) => string;
+
+function digestWriter(target: SchemaTarget, settings: RunSettings, applied: readonly AppliedMigration[], direction: Direction): DigestOf | undefined {
+  if (!target.registryDigest || !settings.trackDigest) return undefined;
+  return (ran) => digestOf(appliedAfter(applied, ran, direction));
+}
+
+const DIGEST_SQL = 'update public.tenants set migrations_digest = ? where schema_name = ? and migrations_digest is distinct from ?';
 
 async function runOne(conn: Knex | Knex.Transaction, migration: Migration, direction: Direction): Promise<void> {
   const fn = direction === 'up' ? migration.up : migration.down;
@@ -215,19 +236,28 @@ async function runOne(conn: Knex | Knex.Transaction, migration: Migration, direc
   }
 }
 
-async function record(conn: Knex | Knex.Transaction, target: SchemaTarget, direction: Direction, names: readonly string[], batch: number): Promise<void> {
+/**
+ * Writes the tracking rows of `names` (or deletes them going down) and, in the same statement,
+ * the registry digest when it is kept: one round trip, one transaction.
+ */
+async function record(
+  conn: Knex | Knex.Transaction,
+  target: SchemaTarget,
+  direction: Direction,
+  names: readonly string[],
+  batch: number,
+  digest: string | undefined,
+): Promise<void> {
   if (names.length === 0) return;
-  if (direction === 'up') {
-    const now = new Date();
-    const values = names.map(() => '(?, ?, ?)').join(', ');
-    await conn.raw(`insert into ??.?? (name, batch, migration_time) values ${values}`, [
-      target.schema,
-      target.trackingTable,
-      ...names.flatMap((name) => [name, batch, now]),
-    ]);
-  } else {
-    await conn.raw('delete from ??.?? where name = any(?::text[])', [target.schema, target.trackingTable, [...names]]);
-  }
+  const change =
+    direction === 'up'
+      ? {
+          sql: `insert into ??.?? (name, batch, migration_time) values ${names.map(() => '(?, ?, ?)').join(', ')}`,
+          bindings: [target.schema, target.trackingTable, ...names.flatMap((name) => [name, batch, new Date()])],
+        }
+      : { sql: 'delete from ??.?? where name = any(?::text[])', bindings: [target.schema, target.trackingTable, [...names]] };
+  if (digest === undefined) await conn.raw(change.sql, change.bindings);
+  else await conn.raw(`with change as (${change.sql} returning 1) ${DIGEST_SQL}`, [...change.bindings, digest, target.schema, digest]);
 }
 
 /**
@@ -255,16 +285,18 @@ async function runOutsideTransaction(
     const applied = await readApplied(conn, target);
     const plan = planFor(direction, migrations, applied, options.all ?? false);
     progress.plan = plan;
+    const digest = digestWriter(target, settings, applied, direction);
     for (const migration of plan.steps) {
+      const after = digest?.([...progress.done, migration.name]);
       if (migration.transaction) {
         await conn.transaction(async (trx) => {
           await trx.raw("select set_config('search_path', ?, true)", [target.searchPath]);
           await runOne(trx, migration, direction);
-          await record(trx, target, direction, [migration.name], plan.batch);
+          await record(trx, target, direction, [migration.name], plan.batch, after);
         });
       } else {
         await runOne(conn, migration, direction);
-        await record(conn, target, direction, [migration.name], plan.batch);
+        await record(conn, target, direction, [migration.name], plan.batch, after);
       }
       progress.done.push(migration.name);
     }

@@ -14,5 +14,5 @@ export const MASTER_TARGET: SchemaTarget = {
 
 /** A tenant's schema first, `public` after it (for extension types such as `vector`). */
 export function tenantTarget(schema: string): SchemaTarget {
-  return { schema, trackingTable: TENANT_TRACKING_TABLE, searchPath: tenantSearchPath(schema) };
+  return { schema, trackingTable: TENANT_TRACKING_TABLE, searchPath: tenantSearchPath(schema), registryDigest: true };
 }

@@ -14,6 +14,8 @@ export interface Tenant {
   readonly error: string | null;
   /** Why the last `migrate:tenants` failed on this tenant; cleared by the next success. */
   readonly lastMigrationError: string | null;
+  /** Digest of the names applied in its schema (see `digestOf`), when the registry keeps one. */
+  readonly migrationsDigest?: string | null;
 }
 
 const COLUMNS = {
@@ -41,6 +43,7 @@ export function toTenant(row: Record<string, unknown>): Tenant {
     status: String(row.status),
     error: (row.error as string | null) ?? null,
     lastMigrationError: (row.lastMigrationError as string | null) ?? null,
+    ...(row.migrationsDigest === undefined ? {} : { migrationsDigest: (row.migrationsDigest as string | null) ?? null }),
   };
 }
 
@@ -60,9 +63,21 @@ export async function findTenantBySchema(knex: Knex | Knex.Transaction, schema: 
   return row ? toTenant(row) : undefined;
 }
 
-/** All tenants (or those of `orgIds`), in registry order. */
-export async function listTenants(knex: Knex | Knex.Transaction, options: { orgIds?: readonly string[] } = {}): Promise<Tenant[]> {
+/** Whether `public.tenants` has the `migrations_digest` column (a registry made by our first master migration). */
+export async function registryKeepsDigest(knex: Knex | Knex.Transaction): Promise<boolean> {
+  const result = await knex.raw(
+    "select exists (select 1 from pg_attribute where attrelid = 'public.tenants'::regclass and attname = 'migrations_digest' and not attisdropped) as present",
+  );
+  return Boolean(result.rows[0]?.present);
+}
+
+/** All tenants (or those of `orgIds`), in registry order; with their digests when asked. */
+export async function listTenants(
+  knex: Knex | Knex.Transaction,
+  options: { orgIds?: readonly string[]; withDigest?: boolean } = {},
+): Promise<Tenant[]> {
   const query = select(knex).orderBy(COLUMNS.id);
+  if (options.withDigest) query.select({ migrationsDigest: 'migrations_digest' });
   if (options.orgIds) query.whereIn(COLUMNS.orgId, [...options.orgIds]);
   return (await query).map(toTenant);
 }

@@ -9,6 +9,7 @@ export interface TenantFlags extends CommonOptions {
   readonly concurrency?: number;
   readonly failFast?: boolean;
   readonly all?: boolean;
+  readonly verify?: boolean;
 }
 
 /** Adds the flags shared by the tenant fan-out commands. */
@@ -16,6 +17,7 @@ export function tenantFlags(command: Command): Command {
   return command
     .option('--tenant <org_id>', 'only this tenant (repeatable)', collect)
     .option('--concurrency <n>', 'tenants at once (default: the pool size, DB_POOL_MAX)', positiveInteger('--concurrency'))
+    .option('--verify', "read every tenant's tracking table instead of trusting the registry's digests")
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (default LOCK_TIMEOUT, 10s)')
     .option('--json', 'print one JSON document');
 }
@@ -27,6 +29,7 @@ export async function runFanout(tk: Toolkit, out: Output, command: string, direc
     ...(flags.tenant ? { orgIds: flags.tenant } : {}),
     ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
     failFast: flags.failFast ?? false,
+    verify: flags.verify ?? false,
     onStart: progress.onStart,
     onTenant: progress.onTenant,
   };
