@@ -7,25 +7,13 @@
  */
 import type { Knex } from 'knex';
 import { configFromEnvironment } from './src/config/env.ts';
-import { knexConfigFor } from './src/db/connection.ts';
+import { embeddedTarget, knexConfigFor } from './src/db/connection.ts';
 import { startEmbedded } from './src/db/embedded.ts';
 import { MASTER_TRACKING_TABLE } from './src/migrations/targets.ts';
 
 const config = configFromEnvironment();
 const target =
-  config.connection.kind === 'server'
-    ? config.connection
-    : await startEmbedded(config.connection.dataDir).then((e) => ({
-        kind: 'server' as const,
-        host: e.host,
-        port: e.port,
-        user: 'postgres',
-        password: undefined,
-        database: 'postgres',
-        describe: e.dataDir,
-        connectionString: undefined,
-        ssl: false as const,
-      }));
+  config.connection.kind === 'server' ? config.connection : embeddedTarget(await startEmbedded(config.connection.dataDir));
 
 const knexConfig: Knex.Config = {
   ...knexConfigFor(target, 1),

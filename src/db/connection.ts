@@ -50,6 +50,21 @@ export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poo
   };
 }
 
+/** The running embedded engine, as a server target the `pg` driver connects to. */
+export function embeddedTarget(embedded: EmbeddedServer): ConnectionTarget & { kind: 'server' } {
+  return {
+    kind: 'server',
+    host: embedded.host,
+    port: embedded.port,
+    user: 'postgres',
+    password: undefined,
+    database: 'postgres',
+    describe: `embedded database at ${embedded.dataDir}`,
+    connectionString: undefined,
+    ssl: false,
+  };
+}
+
 /**
  * node-postgres lets `sslmode=…` in a URL override the `ssl` object it is given, which would
  * silently drop DB_SSL_CERT_PATH and DB_SSL_REJECT_UNAUTHORIZED: when those are configured,
@@ -75,17 +90,7 @@ export async function openDatabase(config: ToolkitConfig, options: OpenOptions =
     const { startEmbedded } = await import('./embedded.ts');
     embedded = await startEmbedded(target.dataDir);
     options.log?.(`Using the embedded PostgreSQL (PGlite with pgvector); data in ${embedded.dataDir}`);
-    serverTarget = {
-      kind: 'server',
-      host: embedded.host,
-      port: embedded.port,
-      user: 'postgres',
-      password: undefined,
-      database: 'postgres',
-      describe: `embedded database at ${embedded.dataDir}`,
-      connectionString: undefined,
-      ssl: false,
-    };
+    serverTarget = embeddedTarget(embedded);
   } else {
     serverTarget = target;
   }

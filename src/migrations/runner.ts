@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { withDedicatedConnection } from '../db/dedicated.ts';
 import { describeError, ToolkitError } from '../errors.ts';
-import { LOCK_NAMESPACE, lockForTransaction } from '../db/locks.ts';
+import { lockForTransaction, lockSession, unlockSession } from '../db/locks.ts';
 import { sqlState } from '../db/pg-errors.ts';
 import { appliedAfter, digestOf, planDown, planUp, type AppliedMigration, type Direction, type Plan } from './plan.ts';
 import type { Migration } from './source.ts';
@@ -275,7 +275,7 @@ async function runOutsideTransaction(
   options: { all?: boolean },
   progress: Progress,
 ): Promise<void> {
-  await conn.raw('select pg_advisory_lock(?, hashtext(?))', [LOCK_NAMESPACE, target.schema]);
+  await lockSession(conn, target.schema);
   try {
     await conn.raw("select set_config('search_path', ?, false), set_config('lock_timeout', ?, false)", [
       target.searchPath,
@@ -304,7 +304,7 @@ async function runOutsideTransaction(
     // If the connection died, the server already dropped the lock and the session; the
     // dedicated-connection helper discards a connection whose task failed.
     await conn.raw('reset search_path; reset lock_timeout').catch(() => undefined);
-    await conn.raw('select pg_advisory_unlock(?, hashtext(?))', [LOCK_NAMESPACE, target.schema]).catch(() => undefined);
+    await unlockSession(conn, target.schema).catch(() => undefined);
   }
 }
 
