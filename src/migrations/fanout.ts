@@ -71,15 +71,17 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   for (const tenant of tenants) {
     if (tenant.status !== 'ACTIVE') preliminary.push(skipped(tenant, `status is ${tenant.status}, not ACTIVE`));
   }
-  // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
-  queue.push(...active.filter((t) => !isTenantSchemaName(t.schema)));
   // Up-to-date tenants cost nothing: the registry digest, written with each tenant's tracking
   // rows, equals the folder's. Only the others have their tracking tables read.
   const localDigest = digestOf(migrations.map((m) => m.name));
-  const trusted = (t: Tenant): boolean =>
-    options.direction === 'up' && !options.verify && settings.trackDigest === true && t.migrationsDigest === localDigest;
-  for (const tenant of active) if (isTenantSchemaName(tenant.schema) && trusted(tenant)) preliminary.push(upToDate(tenant));
-  const scannable = active.filter((t) => isTenantSchemaName(t.schema) && !trusted(t));
+  const digestKept = options.direction === 'up' && settings.trackDigest === true;
+  const scannable: Tenant[] = [];
+  for (const tenant of active) {
+    // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
+    if (!isTenantSchemaName(tenant.schema)) queue.push(tenant);
+    else if (digestKept && !options.verify && tenant.migrationsDigest === localDigest) preliminary.push(upToDate(tenant));
+    else scannable.push(tenant);
+  }
   for await (const states of scanSchemas(knex, scannable.map((t) => t.schema), TENANT_TRACKING_TABLE, Math.min(4, options.concurrency))) {
     for (const [schema, state] of states) {
       const tenant = bySchema.get(schema)!;
@@ -91,7 +93,7 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
       }
       const plan = options.direction === 'up' ? planUp(migrations, state.applied) : planDown(migrations, state.applied, options.all ?? false);
       // Up to date but with a stale digest: the run (under the tenant's lock) writes the digest.
-      const staleDigest = options.direction === 'up' && settings.trackDigest === true && tenant.migrationsDigest !== localDigest;
+      const staleDigest = digestKept && tenant.migrationsDigest !== localDigest;
       if (plan.steps.length === 0 && plan.missing.length === 0 && !staleDigest) preliminary.push(upToDate(tenant));
       else queue.push(tenant);
     }
