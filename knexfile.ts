@@ -13,7 +13,9 @@ import { MASTER_TRACKING_TABLE } from './src/migrations/targets.ts';
 
 const config = configFromEnvironment();
 const target =
-  config.connection.kind === 'server' ? config.connection : embeddedTarget(await startEmbedded(config.connection.dataDir));
+  config.connection.kind === 'server'
+    ? config.connection
+    : embeddedTarget(await startEmbedded(config.connection.dataDir));
 
 const knexConfig: Knex.Config = {
   ...knexConfigFor(target, 1),

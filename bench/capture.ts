@@ -38,6 +38,7 @@ export async function captureMigrationSql(server: Server, database: string): Pro
   } finally {
     await knex.destroy();
   }
-  if (statements.some((s) => s.sql.includes('bench_capture'))) throw new Error('captured SQL names the scratch schema; it cannot be replayed elsewhere');
+  if (statements.some((s) => s.sql.includes('bench_capture')))
+    throw new Error('captured SQL names the scratch schema; it cannot be replayed elsewhere');
   return statements;
 }

@@ -42,7 +42,9 @@ export async function runCommand(args: readonly string[], env: Record<string, st
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let tail = '';
-    const keep = (chunk: Buffer): void => void (tail = (tail + chunk.toString()).slice(-4000));
+    const keep = (chunk: Buffer): void => {
+      tail = (tail + chunk.toString()).slice(-4000);
+    };
     child.stdout.on('data', keep);
     child.stderr.on('data', keep);
     const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
@@ -69,7 +71,12 @@ export async function runCommand(args: readonly string[], env: Record<string, st
  * Measurements of whole commands: wall time as `metric`, the child's CPU time as
  * `cpu.<metric>`, and with `rss` its peak RSS as `rss.<metric>`.
  */
-export function commandMeasurements(metric: string, tenants: number, runs: readonly CommandRun[], options: { rss?: boolean } = {}): Measurement[] {
+export function commandMeasurements(
+  metric: string,
+  tenants: number,
+  runs: readonly CommandRun[],
+  options: { rss?: boolean } = {},
+): Measurement[] {
   const present = (values: readonly (number | null)[]): number[] => values.filter((v): v is number => v !== null);
   const out: Measurement[] = [{ metric, unit: 'ms', tenants, values: runs.map((r) => r.ms) }];
   const cpu = present(runs.map((r) => r.cpuMs));

@@ -7,10 +7,10 @@
 import { parseArgs } from 'node:util';
 import type { Knex } from 'knex';
 import { openToolkit } from '../src/toolkit.ts';
+import { captureMigrationSql } from './capture.ts';
 import { runCommand } from './cli.ts';
 import { benchOverrides, migrateMaster, seedFleet } from './seed.ts';
 import { openServer, withFreshDatabase } from './server.ts';
-import { captureMigrationSql } from './capture.ts';
 import { floorRun } from './variants/floor.ts';
 import { toolkitEnv } from './variants/toolkit.ts';
 
@@ -28,7 +28,11 @@ function tally(knex: Knex): { shapes: Map<string, Shape>; reset(): void } {
   const shapes = new Map<string, Shape>();
   const started = new Map<string, { shape: string; at: number }>();
   const shapeOf = (sql: string): string =>
-    sql.replace(/"tid_[0-9a-z_]+"/g, '"tid_…"').replace(/'[^']*'/g, "'…'").replace(/\s+/g, ' ').slice(0, 110);
+    sql
+      .replace(/"tid_[0-9a-z_]+"/g, '"tid_…"')
+      .replace(/'[^']*'/g, "'…'")
+      .replace(/\s+/g, ' ')
+      .slice(0, 110);
   const finish = (connection: string): void => {
     const s = started.get(connection);
     if (!s) return;
@@ -56,8 +60,16 @@ async function clock<T>(cb: () => Promise<T>): Promise<{ result: T; wallMs: numb
   return { result, wallMs: performance.now() - started, cpuMs: (used.user + used.system) / 1000 };
 }
 
-function print(title: string, time: { wallMs: number; cpuMs: number }, units: number, shapes: Map<string, Shape>): void {
-  const total = [...shapes.values()].reduce((a, s) => ({ count: a.count + s.count, ms: a.ms + s.ms }), { count: 0, ms: 0 });
+function print(
+  title: string,
+  time: { wallMs: number; cpuMs: number },
+  units: number,
+  shapes: Map<string, Shape>,
+): void {
+  const total = [...shapes.values()].reduce((a, s) => ({ count: a.count + s.count, ms: a.ms + s.ms }), {
+    count: 0,
+    ms: 0,
+  });
   console.log(
     `\n${title}: ${time.wallMs.toFixed(0)} ms wall, ${time.cpuMs.toFixed(0)} ms client CPU (${(time.cpuMs / units).toFixed(2)} per tenant), ` +
       `${total.count} round trips (${(total.count / units).toFixed(1)} per tenant), ${total.ms.toFixed(0)} ms summed on the wire`,
@@ -67,7 +79,9 @@ function print(title: string, time: { wallMs: number; cpuMs: number }, units: nu
   }
 }
 
-const { values } = parseArgs({ options: { tenants: { type: 'string', default: '200' }, provisions: { type: 'string', default: '50' } } });
+const { values } = parseArgs({
+  options: { tenants: { type: 'string', default: '200' }, provisions: { type: 'string', default: '50' } },
+});
 const tenants = Number(values.tenants);
 const provisions = Number(values.provisions);
 const server = await openServer(process.env);
@@ -89,13 +103,17 @@ try {
     const help = await runCommand(['--help'], env);
     const noop = await runCommand(['migrate:tenants'], env);
     const status = await runCommand(['migrate:status'], env);
-    console.log(`\nwhole commands: --help ${help.ms.toFixed(0)} ms (start-up: node, tsx, every module), no-op migrate:tenants ${noop.ms.toFixed(0)} ms, migrate:status ${status.ms.toFixed(0)} ms; peak RSS of --help ${((help.maxRssKb ?? 0) / 1024).toFixed(0)} MB`);
+    console.log(
+      `\nwhole commands: --help ${help.ms.toFixed(0)} ms (start-up: node, tsx, every module), no-op migrate:tenants ${noop.ms.toFixed(0)} ms, migrate:status ${status.ms.toFixed(0)} ms; peak RSS of --help ${((help.maxRssKb ?? 0) / 1024).toFixed(0)} MB`,
+    );
   });
   await withFreshDatabase(server, 'profloor', async (database) => {
     const statements = await captureMigrationSql(server, database);
     await seedFleet(server, database, tenants);
     const time = await clock(() => floorRun(server, database, statements, server.poolMax));
-    console.log(`\nfloor, ${tenants} tenants: ${time.wallMs.toFixed(0)} ms wall, ${time.cpuMs.toFixed(0)} ms client CPU (${(time.cpuMs / tenants).toFixed(2)} per tenant), ${statements.length + 3} round trips per tenant`);
+    console.log(
+      `\nfloor, ${tenants} tenants: ${time.wallMs.toFixed(0)} ms wall, ${time.cpuMs.toFixed(0)} ms client CPU (${(time.cpuMs / tenants).toFixed(2)} per tenant), ${statements.length + 3} round trips per tenant`,
+    );
   });
   await withFreshDatabase(server, 'profprov', async (database) => {
     await migrateMaster(server, database);

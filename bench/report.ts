@@ -91,27 +91,51 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
   const naive = get('migrate.naive');
   if (toolkit && floor) {
     const ratio = toolkit.median / floor.median;
-    checks.push({ target: `migrate:tenants ≤ 1.25× the floor (N=${toolkit.tenants})`, actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.25 });
+    checks.push({
+      target: `migrate:tenants ≤ 1.25× the floor (N=${toolkit.tenants})`,
+      actual: `${ratio.toFixed(2)}×`,
+      met: ratio <= 1.25,
+    });
   }
   if (toolkit && naive) {
     const ratio = naive.median / toolkit.median;
-    checks.push({ target: `migrate:tenants ≥ 4× faster than the naive loop (N=${toolkit.tenants})`, actual: `${ratio.toFixed(1)}× faster`, met: ratio >= 4 });
+    checks.push({
+      target: `migrate:tenants ≥ 4× faster than the naive loop (N=${toolkit.tenants})`,
+      actual: `${ratio.toFixed(1)}× faster`,
+      met: ratio >= 4,
+    });
   }
-  for (const [metric, limitMs] of [['noop.toolkit', 2000], ['noop.toolkit.big', 3000]] as const) {
+  for (const [metric, limitMs] of [
+    ['noop.toolkit', 2000],
+    ['noop.toolkit.big', 3000],
+  ] as const) {
     const s = get(metric);
-    if (s) checks.push({ target: `no-op rerun ≤ ${limitMs / 1000} s at ${s.tenants} tenants`, actual: formatValue(s.median, 'ms'), met: s.median <= limitMs });
+    if (s)
+      checks.push({
+        target: `no-op rerun ≤ ${limitMs / 1000} s at ${s.tenants} tenants`,
+        actual: formatValue(s.median, 'ms'),
+        met: s.median <= limitMs,
+      });
   }
   const provToolkit = get('provision.toolkit');
   const provFloor = get('provision.floor');
   if (provToolkit && provFloor) {
     const ratio = provToolkit.median / provFloor.median;
-    checks.push({ target: 'provisioning p50 ≤ 1.5× the floor for one tenant', actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.5 });
+    checks.push({
+      target: 'provisioning p50 ≤ 1.5× the floor for one tenant',
+      actual: `${ratio.toFixed(2)}×`,
+      met: ratio <= 1.5,
+    });
   }
   const rssSmall = get('rss.migrate.toolkit');
   const rssBig = get('rss.migrate.toolkit.big');
   if (rssSmall && rssBig) {
     const ratio = rssBig.median / rssSmall.median;
-    checks.push({ target: `peak RSS at ${rssBig.tenants} ≤ 1.5× at ${rssSmall.tenants} tenants`, actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.5 });
+    checks.push({
+      target: `peak RSS at ${rssBig.tenants} ≤ 1.5× at ${rssSmall.tenants} tenants`,
+      actual: `${ratio.toFixed(2)}×`,
+      met: ratio <= 1.5,
+    });
   }
   return checks;
 }
@@ -128,12 +152,27 @@ export function formatValue(value: number, unit: 'ms' | 'kB'): string {
 export function renderTable(summaries: readonly Summary[], checks: readonly TargetCheck[]): string {
   const floor = summaries.find((s) => s.metric === 'migrate.floor');
   const rows = summaries.map((s) => {
-    const perTenant = s.unit === 'ms' && s.tenants > 1 && !s.metric.startsWith('cpu.') ? formatValue(s.median / s.tenants, 'ms') : '';
-    const vsFloor = floor && s.metric.startsWith('migrate.') && s.tenants === floor.tenants ? `${(s.median / floor.median).toFixed(2)}×` : '';
+    const perTenant =
+      s.unit === 'ms' && s.tenants > 1 && !s.metric.startsWith('cpu.') ? formatValue(s.median / s.tenants, 'ms') : '';
+    const vsFloor =
+      floor && s.metric.startsWith('migrate.') && s.tenants === floor.tenants
+        ? `${(s.median / floor.median).toFixed(2)}×`
+        : '';
     const spread = s.n > 1 ? `${formatValue(s.min, s.unit)} – ${formatValue(s.max, s.unit)}` : '';
-    return [s.label, s.tenants === 0 ? '-' : String(s.tenants), String(s.n), formatValue(s.median, s.unit), s.n >= 10 ? formatValue(s.p95, s.unit) : '', spread, perTenant, vsFloor];
+    return [
+      s.label,
+      s.tenants === 0 ? '-' : String(s.tenants),
+      String(s.n),
+      formatValue(s.median, s.unit),
+      s.n >= 10 ? formatValue(s.p95, s.unit) : '',
+      spread,
+      perTenant,
+      vsFloor,
+    ];
   });
-  const lines = [columns(['measurement', 'tenants', 'runs', 'median', 'p95', 'min – max', 'per tenant', 'vs floor'], rows)];
+  const lines = [
+    columns(['measurement', 'tenants', 'runs', 'median', 'p95', 'min – max', 'per tenant', 'vs floor'], rows),
+  ];
   if (checks.length > 0) {
     lines.push('', 'Targets (context only, not asserted):');
     for (const c of checks) lines.push(`  ${c.met ? 'met   ' : 'MISSED'}  ${c.target}: ${c.actual}`);
@@ -144,7 +183,10 @@ export function renderTable(summaries: readonly Summary[], checks: readonly Targ
 function columns(header: readonly string[], rows: readonly (readonly string[])[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: readonly string[]): string =>
-    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+    cells
+      .map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 

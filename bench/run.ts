@@ -11,7 +11,7 @@ import dotenv from 'dotenv';
 import pg from 'pg';
 import { captureMigrationSql } from './capture.ts';
 import { checkTargets, formatValue, renderTable, summarise, writeJson } from './report.ts';
-import { EmbeddedRefusedError, live, openServer, ROOT, withFreshDatabase, type Server } from './server.ts';
+import { EmbeddedRefusedError, live, openServer, ROOT, type Server, withFreshDatabase } from './server.ts';
 import { big } from './variants/big.ts';
 import { floor } from './variants/floor.ts';
 import { naive } from './variants/naive.ts';
@@ -66,9 +66,13 @@ function parseOptions(argv: readonly string[]): Options {
     process.exit(0);
   }
   const smoke = values.smoke ?? false;
-  const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
+  const only = values.only
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const unknown = only?.filter((name) => !ALL.some((v) => v.name === name)) ?? [];
-  if (unknown.length > 0) throw new UsageError(`--only: unknown variant ${unknown.join(', ')} (known: ${ALL.map((v) => v.name).join(', ')})`);
+  if (unknown.length > 0)
+    throw new UsageError(`--only: unknown variant ${unknown.join(', ')} (known: ${ALL.map((v) => v.name).join(', ')})`);
   return {
     tenants: count('--tenants', values.tenants, smoke ? 20 : 1000),
     big: count('--big', values.big, smoke ? 50 : 10_000),
@@ -84,7 +88,8 @@ class UsageError extends Error {}
 
 function count(flag: string, raw: string | undefined, fallback: number): number {
   if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw) || Number(raw) < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got "${raw}"`);
+  if (!/^\d+$/.test(raw) || Number(raw) < 1)
+    throw new UsageError(`${flag} must be a whole number of at least 1, got "${raw}"`);
   return Number(raw);
 }
 
@@ -104,7 +109,11 @@ async function main(): Promise<number> {
     options = parseOptions(process.argv.slice(2));
     server = await openServer(environment());
   } catch (error) {
-    if (error instanceof EmbeddedRefusedError || error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (
+      error instanceof EmbeddedRefusedError ||
+      error instanceof UsageError ||
+      (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
+    ) {
       log(`bench: ${(error as Error).message}`);
       if (!(error instanceof EmbeddedRefusedError)) log(USAGE);
       return 2;
@@ -116,14 +125,28 @@ async function main(): Promise<number> {
   const loadBefore = os.loadavg();
   try {
     const statements = await withFreshDatabase(server, 'capture', (db) => captureMigrationSql(server, db));
-    const ctx: BenchContext = { server, tenants: options.tenants, big: options.big, repeat: options.repeat, provisions: options.provisions, statements, log };
-    log(`bench on ${server.describe} (PostgreSQL ${await server.version()}): ${options.tenants} tenants, big ${options.big}, ${options.repeat} round(s), pool ${server.poolMax}, ${statements.length} statements per tenant`);
+    const ctx: BenchContext = {
+      server,
+      tenants: options.tenants,
+      big: options.big,
+      repeat: options.repeat,
+      provisions: options.provisions,
+      statements,
+      log,
+    };
+    log(
+      `bench on ${server.describe} (PostgreSQL ${await server.version()}): ${options.tenants} tenants, big ${options.big}, ${options.repeat} round(s), pool ${server.poolMax}, ${statements.length} statements per tenant`,
+    );
     const runs: { variant: string; round: number | null; measurements: Measurement[] }[] = [];
     const round = ROUND.filter((v) => options.variants.includes(v));
     for (let r = 0; r < options.repeat; r++) {
       for (let i = 0; i < round.length; i++) {
         const variant = round[(i + r) % round.length]!;
-        runs.push({ variant: variant.name, round: r + 1, measurements: await timed(variant, ctx, `round ${r + 1}/${options.repeat}`) });
+        runs.push({
+          variant: variant.name,
+          round: r + 1,
+          measurements: await timed(variant, ctx, `round ${r + 1}/${options.repeat}`),
+        });
       }
     }
     for (const variant of ONCE.filter((v) => options.variants.includes(v))) {
@@ -137,15 +160,36 @@ async function main(): Promise<number> {
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
       server: { describe: server.describe, version: await server.version() },
-      machine: { node: process.version, platform: `${os.platform()} ${os.release()}`, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, memoryMb: Math.round(os.totalmem() / 2 ** 20), loadavgBefore: loadBefore, loadavgAfter: os.loadavg() },
-      options: { tenants: options.tenants, big: options.big, repeat: options.repeat, provisions: options.provisions, smoke: options.smoke, poolMax: server.poolMax, variants: options.variants.map((v) => v.name) },
+      machine: {
+        node: process.version,
+        platform: `${os.platform()} ${os.release()}`,
+        cpus: os.cpus().length,
+        cpuModel: os.cpus()[0]?.model ?? null,
+        memoryMb: Math.round(os.totalmem() / 2 ** 20),
+        loadavgBefore: loadBefore,
+        loadavgAfter: os.loadavg(),
+      },
+      options: {
+        tenants: options.tenants,
+        big: options.big,
+        repeat: options.repeat,
+        provisions: options.provisions,
+        smoke: options.smoke,
+        poolMax: server.poolMax,
+        variants: options.variants.map((v) => v.name),
+      },
       variants: options.variants.map((v) => ({ name: v.name, description: v.description })),
       statements,
       summaries,
       runs,
       targets: checks,
     });
-    log(`\nwrote ${path.relative(process.cwd(), file) || file}; load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')} → ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} (high load means noisy figures)`);
+    log(
+      `\nwrote ${path.relative(process.cwd(), file) || file}; load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')} → ${os
+        .loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')} (high load means noisy figures)`,
+    );
     return 0;
   } finally {
     await server.close();
@@ -155,7 +199,15 @@ async function main(): Promise<number> {
 async function timed(variant: Variant, ctx: BenchContext, when: string): Promise<Measurement[]> {
   const started = performance.now();
   const result = await variant.run(ctx);
-  const brief = result.map((m) => `${m.metric}=${m.values.map((v) => formatValue(v, m.unit)).slice(0, 3).join(', ')}${m.values.length > 3 ? ` … (${m.values.length})` : ''}`).join('; ');
+  const brief = result
+    .map(
+      (m) =>
+        `${m.metric}=${m.values
+          .map((v) => formatValue(v, m.unit))
+          .slice(0, 3)
+          .join(', ')}${m.values.length > 3 ? ` … (${m.values.length})` : ''}`,
+    )
+    .join('; ');
   log(`[${when}] ${variant.name} (${((performance.now() - started) / 1000).toFixed(1)} s with setup): ${brief}`);
   return result;
 }
@@ -166,7 +218,8 @@ function onInterrupt(server: Server): void {
     log('\ninterrupted: dropping this run’s bench databases');
     void (async () => {
       const admin = await server.client(server.adminDatabase).catch(() => undefined);
-      for (const db of live) await admin?.query(`drop database if exists ${pg.escapeIdentifier(db)} with (force)`).catch(() => undefined);
+      for (const db of live)
+        await admin?.query(`drop database if exists ${pg.escapeIdentifier(db)} with (force)`).catch(() => undefined);
       await admin?.end().catch(() => undefined);
       process.exit(130);
     })();

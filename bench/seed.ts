@@ -53,7 +53,9 @@ export async function seedFleet(server: Server, database: string, n: number): Pr
 
 /** ACTIVE tenant schemas in registry order: what every variant iterates over. */
 export async function activeSchemas(client: pg.Client): Promise<string[]> {
-  const result = await client.query<{ schema_name: string }>("select schema_name from public.tenants where status = 'ACTIVE' order by id");
+  const result = await client.query<{ schema_name: string }>(
+    "select schema_name from public.tenants where status = 'ACTIVE' order by id",
+  );
   return result.rows.map((r) => r.schema_name);
 }
 
@@ -83,7 +85,9 @@ export async function verifyFleet(server: Server, database: string, n: number): 
     const schemas = await activeSchemas(client);
     const settings = await countSettings(client, schemas);
     if (row.messages !== n || row.indexes !== n || settings !== 2 * n) {
-      throw new Error(`incomplete run: ${row.messages}/${n} chat_messages tables, ${row.indexes}/${n} indexes, ${settings}/${2 * n} backfilled settings rows`);
+      throw new Error(
+        `incomplete run: ${row.messages}/${n} chat_messages tables, ${row.indexes}/${n} indexes, ${settings}/${2 * n} backfilled settings rows`,
+      );
     }
   } finally {
     await client.end();
@@ -94,10 +98,11 @@ async function countSettings(client: pg.Client, schemas: readonly string[]): Pro
   let total = 0;
   for (let i = 0; i < schemas.length; i += 500) {
     const chunk = schemas.slice(i, i + 500);
-    const union = chunk.map((s) => `select count(*)::int as n from ${pg.escapeIdentifier(s)}.settings`).join(' union all ');
+    const union = chunk
+      .map((s) => `select count(*)::int as n from ${pg.escapeIdentifier(s)}.settings`)
+      .join(' union all ');
     const result = await client.query<{ n: number }>(`select coalesce(sum(n), 0)::int as n from (${union}) t`);
     total += result.rows[0]!.n;
   }
   return total;
 }
-

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Knex } from 'knex';
 import pg from 'pg';
-import { loadConfig, type ConnectionTarget, type Env, type ToolkitConfig } from '../src/config/config.ts';
+import { type ConnectionTarget, type Env, loadConfig, type ToolkitConfig } from '../src/config/config.ts';
 import { knexConfigFor } from '../src/db/connection.ts';
 
 /** The repository root: migration folders and the CLI entry point are found from here. */
@@ -10,7 +10,17 @@ export const BENCH_MIGRATIONS = path.join(ROOT, 'bench', 'migrations');
 export const MASTER_MIGRATIONS = path.join(ROOT, 'master-migrations');
 
 /** The variables that say where the server is; the bench rewrites only the database name. */
-const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME', 'DB_SSL', 'DB_SSL_CERT_PATH', 'DB_SSL_REJECT_UNAUTHORIZED'];
+const CONNECTION_VARS = [
+  'DATABASE_URL',
+  'DB_HOST',
+  'DB_PORT',
+  'DB_USER',
+  'DB_PASSWORD',
+  'DB_NAME',
+  'DB_SSL',
+  'DB_SSL_CERT_PATH',
+  'DB_SSL_REJECT_UNAUTHORIZED',
+];
 
 /** Refusal to run on the embedded engine: its single backend would measure nothing a server does. */
 export class EmbeddedRefusedError extends Error {
@@ -52,7 +62,9 @@ export interface Server {
 export async function openServer(env: Env): Promise<Server> {
   const base = loadConfig(env, ROOT);
   if (base.connection.kind !== 'server') throw new EmbeddedRefusedError();
-  const connectionEnv = Object.fromEntries(CONNECTION_VARS.flatMap((k) => (env[k] === undefined ? [] : [[k, env[k]!]])));
+  const connectionEnv = Object.fromEntries(
+    CONNECTION_VARS.flatMap((k) => (env[k] === undefined ? [] : [[k, env[k]!]])),
+  );
 
   const envFor = (database: string): Record<string, string> => {
     if (connectionEnv.DATABASE_URL?.trim()) {
@@ -86,7 +98,8 @@ export async function openServer(env: Env): Promise<Server> {
     knexConfig,
     client,
     createDatabase: async (database) => void (await admin.query(`create database ${pg.escapeIdentifier(database)}`)),
-    dropDatabase: async (database) => void (await admin.query(`drop database if exists ${pg.escapeIdentifier(database)} with (force)`)),
+    dropDatabase: async (database) =>
+      void (await admin.query(`drop database if exists ${pg.escapeIdentifier(database)} with (force)`)),
     version: async () => String((await admin.query('show server_version')).rows[0]?.server_version),
     close: () => admin.end(),
   };
@@ -96,8 +109,13 @@ export async function openServer(env: Env): Promise<Server> {
  * Runs `cb` on a freshly created database and always drops it. Names carry the process id so
  * that runs of several people on one server never touch each other's databases.
  */
-export async function withFreshDatabase<T>(server: Server, label: string, cb: (database: string) => Promise<T>): Promise<T> {
-  const database = `bench_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${process.pid}_${(counter++).toString(36)}`.slice(0, 63);
+export async function withFreshDatabase<T>(
+  server: Server,
+  label: string,
+  cb: (database: string) => Promise<T>,
+): Promise<T> {
+  const database =
+    `bench_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${process.pid}_${(counter++).toString(36)}`.slice(0, 63);
   await server.createDatabase(database);
   live.add(database);
   try {

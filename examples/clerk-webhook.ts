@@ -26,9 +26,9 @@ import {
   openToolkit,
   provisionTenant,
   TenantAccessError,
-  ToolkitError,
   type TenantClient,
   type Toolkit,
+  ToolkitError,
 } from '../src/index.ts';
 
 export type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => Promise<void>;
@@ -57,7 +57,11 @@ export async function toFetchRequest(req: http.IncomingMessage): Promise<Request
   }
   const method = req.method ?? 'GET';
   const body = method === 'GET' || method === 'HEAD' ? undefined : Buffer.concat(chunks);
-  return new Request(`http://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`, { method, headers, ...(body ? { body } : {}) });
+  return new Request(`http://${req.headers.host ?? 'localhost'}${req.url ?? '/'}`, {
+    method,
+    headers,
+    ...(body ? { body } : {}),
+  });
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
@@ -70,7 +74,11 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
  * ACTIVE (or for events it does not handle), and 500 when provisioning failed: Clerk's
  * webhooks (Svix) then retry with backoff, and provisioning is idempotent and resumes.
  */
-export function clerkWebhookHandler(options: { toolkit: Toolkit; signingSecret: string; log?: (line: string) => void }): Handler {
+export function clerkWebhookHandler(options: {
+  toolkit: Toolkit;
+  signingSecret: string;
+  log?: (line: string) => void;
+}): Handler {
   const log = options.log ?? ((line: string) => console.error(line));
   return async (req, res) => {
     let event: WebhookEvent;
@@ -103,10 +111,17 @@ export function clerkWebhookHandler(options: { toolkit: Toolkit; signingSecret: 
 export type OrgOfRequest = (request: Request) => Promise<string | null>;
 
 /** The org id from the request's Clerk session token, verified by Clerk's SDK (never trust a header for it). */
-export function clerkSessionOrg(options: { secretKey: string; publishableKey: string; authorizedParties?: string[] }): OrgOfRequest {
+export function clerkSessionOrg(options: {
+  secretKey: string;
+  publishableKey: string;
+  authorizedParties?: string[];
+}): OrgOfRequest {
   const clerk = createClerkClient({ secretKey: options.secretKey, publishableKey: options.publishableKey });
   return async (request) => {
-    const state = await clerk.authenticateRequest(request, options.authorizedParties ? { authorizedParties: options.authorizedParties } : {});
+    const state = await clerk.authenticateRequest(
+      request,
+      options.authorizedParties ? { authorizedParties: options.authorizedParties } : {},
+    );
     if (!state.isAuthenticated) return null;
     return state.toAuth().orgId ?? null;
   };
@@ -121,7 +136,9 @@ export function settingsHandler(options: { tenants: TenantClient; orgOf: OrgOfRe
     const orgId = await options.orgOf(await toFetchRequest(req));
     if (orgId === null) return send(res, 401, { error: 'sign in and choose an organisation' });
     try {
-      const settings = await options.tenants.withTenant(orgId, (trx) => trx('org_settings').select('key', 'value').orderBy('key'));
+      const settings = await options.tenants.withTenant(orgId, (trx) =>
+        trx('org_settings').select('key', 'value').orderBy('key'),
+      );
       return send(res, 200, { settings });
     } catch (error) {
       if (error instanceof TenantAccessError) return send(res, error.httpStatus, { error: error.message });
@@ -143,10 +160,18 @@ export async function main(env: NodeJS.ProcessEnv = process.env): Promise<http.S
   const webhook = clerkWebhookHandler({ toolkit, signingSecret: required(env, 'CLERK_WEBHOOK_SIGNING_SECRET') });
   const settings = settingsHandler({
     tenants,
-    orgOf: clerkSessionOrg({ secretKey: required(env, 'CLERK_SECRET_KEY'), publishableKey: required(env, 'CLERK_PUBLISHABLE_KEY') }),
+    orgOf: clerkSessionOrg({
+      secretKey: required(env, 'CLERK_SECRET_KEY'),
+      publishableKey: required(env, 'CLERK_PUBLISHABLE_KEY'),
+    }),
   });
   const server = http.createServer((req, res) => {
-    const route = req.method === 'POST' && req.url === '/webhooks/clerk' ? webhook : req.method === 'GET' && req.url === '/api/settings' ? settings : undefined;
+    const route =
+      req.method === 'POST' && req.url === '/webhooks/clerk'
+        ? webhook
+        : req.method === 'GET' && req.url === '/api/settings'
+          ? settings
+          : undefined;
     if (!route) return send(res, 404, { error: 'not found' });
     route(req, res).catch((error: unknown) => {
       console.error(error);

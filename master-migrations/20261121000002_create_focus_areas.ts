@@ -8,11 +8,13 @@ export async function up(knex: Knex): Promise<void> {
     table.string('label', 200).notNullable();
     table.timestamp('created_at', { useTz: true }).notNullable().defaultTo(knex.fn.now());
   });
-  await knex('focus_areas').withSchema('public').insert([
-    { slug: 'leadership', label: 'Leadership' },
-    { slug: 'communication', label: 'Communication' },
-    { slug: 'wellbeing', label: 'Wellbeing' },
-  ]);
+  await knex('focus_areas')
+    .withSchema('public')
+    .insert([
+      { slug: 'leadership', label: 'Leadership' },
+      { slug: 'communication', label: 'Communication' },
+      { slug: 'wellbeing', label: 'Wellbeing' },
+    ]);
 }
 
 export async function down(knex: Knex): Promise<void> {

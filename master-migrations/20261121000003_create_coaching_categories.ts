@@ -9,10 +9,12 @@ export async function up(knex: Knex): Promise<void> {
     table.integer('sort_order').notNullable().defaultTo(0);
     table.timestamp('created_at', { useTz: true }).notNullable().defaultTo(knex.fn.now());
   });
-  await knex('coaching_categories').withSchema('public').insert([
-    { slug: 'career', label: 'Career growth', sort_order: 1 },
-    { slug: 'performance', label: 'Performance', sort_order: 2 },
-  ]);
+  await knex('coaching_categories')
+    .withSchema('public')
+    .insert([
+      { slug: 'career', label: 'Career growth', sort_order: 1 },
+      { slug: 'performance', label: 'Performance', sort_order: 2 },
+    ]);
 }
 
 export async function down(knex: Knex): Promise<void> {

@@ -3,29 +3,52 @@
  * `provisionTenant(orgId)` from their Clerk `organization.created` handler, or open a toolkit
  * over their own Knex with `createToolkit({ knex, config })`.
  */
-import { configFromEnvironment } from './config/env.ts';
+
+import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
+import { configFromEnvironment } from './config/env.ts';
 import type { ProvisionReport } from './provisioning/provisioner.ts';
 import { createToolkit, openToolkit, type Toolkit } from './toolkit.ts';
-import type { Knex } from 'knex';
 
-export { loadConfig, parseDuration, DEFAULTS, type ToolkitConfig, type ConnectionTarget, type Env } from './config/config.ts';
+export {
+  type ConnectionTarget,
+  DEFAULTS,
+  type Env,
+  loadConfig,
+  parseDuration,
+  type ToolkitConfig,
+} from './config/config.ts';
 export { configFromEnvironment } from './config/env.ts';
-export { openDatabase, withDatabase, type Database } from './db/connection.ts';
+export { type Database, openDatabase, withDatabase } from './db/connection.ts';
 export { quoteIdent, tenantSearchPath } from './db/identifiers.ts';
 export { SQLSTATE } from './db/pg-errors.ts';
 export * from './errors.ts';
-export { schemaNameFor, validateOrgId, candidateSchemaNames } from './tenants/naming.ts';
-export { listTenants, findTenantByOrgId, TENANT_STATUSES, type Tenant, type TenantStatus } from './tenants/registry.ts';
-export { folderSource, type Migration, type MigrationSource, type MigrationModule } from './migrations/source.ts';
-export { runSchema, SchemaMissingError, MissingFilesError, MigrationFailedError, type SchemaRunReport, type SchemaTarget, type RunSettings, type RunFailure } from './migrations/runner.ts';
+export {
+  type FanoutReport,
+  runTenants,
+  type TenantOutcome,
+  type TenantReport,
+  type Totals,
+} from './migrations/fanout.ts';
 export { digestOf } from './migrations/plan.ts';
-export { runTenants, type FanoutReport, type TenantReport, type TenantOutcome, type Totals } from './migrations/fanout.ts';
-export { collectStatus, type StatusReport, type TenantStatusRow, type TenantState } from './migrations/status.ts';
-export { MASTER_TARGET, tenantTarget, TENANT_TRACKING_TABLE, MASTER_TRACKING_TABLE } from './migrations/targets.ts';
-export { provision, OrphanSchemaError, type ProvisionReport } from './provisioning/provisioner.ts';
+export {
+  MigrationFailedError,
+  MissingFilesError,
+  type RunFailure,
+  type RunSettings,
+  runSchema,
+  SchemaMissingError,
+  type SchemaRunReport,
+  type SchemaTarget,
+} from './migrations/runner.ts';
+export { folderSource, type Migration, type MigrationModule, type MigrationSource } from './migrations/source.ts';
+export { collectStatus, type StatusReport, type TenantState, type TenantStatusRow } from './migrations/status.ts';
+export { MASTER_TARGET, MASTER_TRACKING_TABLE, TENANT_TRACKING_TABLE, tenantTarget } from './migrations/targets.ts';
 export { ExtensionUnavailableError } from './provisioning/extensions.ts';
-export { createToolkit, openToolkit, type Toolkit, type TenantRunOptions, type ToolkitSources } from './toolkit.ts';
+export { OrphanSchemaError, type ProvisionReport, provision } from './provisioning/provisioner.ts';
+export { candidateSchemaNames, schemaNameFor, validateOrgId } from './tenants/naming.ts';
+export { findTenantByOrgId, listTenants, TENANT_STATUSES, type Tenant, type TenantStatus } from './tenants/registry.ts';
+export { createToolkit, openToolkit, type TenantRunOptions, type Toolkit, type ToolkitSources } from './toolkit.ts';
 
 /**
  * Provisions one organisation's schema: registers it, creates and migrates the schema, sets it
@@ -47,5 +70,17 @@ export async function provisionTenant(
     await toolkit.close();
   }
 }
-export { createTenantClient, type TenantClient, type TenantClientOptions, type TenantClientStats, type TenantScope, type LazyMigrationEvent } from './runtime/client.ts';
-export { TenantAccessError, TenantNotFoundError, TenantUnavailableError, type TenantUnavailableReason } from './runtime/errors.ts';
+export {
+  createTenantClient,
+  type LazyMigrationEvent,
+  type TenantClient,
+  type TenantClientOptions,
+  type TenantClientStats,
+  type TenantScope,
+} from './runtime/client.ts';
+export {
+  TenantAccessError,
+  TenantNotFoundError,
+  TenantUnavailableError,
+  type TenantUnavailableReason,
+} from './runtime/errors.ts';

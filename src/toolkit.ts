@@ -1,13 +1,13 @@
 import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
-import { openDatabase, type OpenOptions } from './db/connection.ts';
+import { type OpenOptions, openDatabase } from './db/connection.ts';
 import { recordChecksums, verifyChecksums } from './migrations/checksums.ts';
-import { runTenants, type FanoutReport } from './migrations/fanout.ts';
+import { type FanoutReport, runTenants } from './migrations/fanout.ts';
 import { runMaster } from './migrations/master.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/runner.ts';
 import { folderSource, type Migration, type MigrationSource } from './migrations/source.ts';
 import { collectStatus, type StatusReport } from './migrations/status.ts';
-import { provision, type ProvisionMemo, type ProvisionReport } from './provisioning/provisioner.ts';
+import { type ProvisionMemo, type ProvisionReport, provision } from './provisioning/provisioner.ts';
 import { registryKeepsDigest } from './tenants/registry.ts';
 
 export interface TenantRunOptions {
@@ -47,7 +47,14 @@ export interface ToolkitSources {
  * A toolkit over a Knex instance the application already has (its pool is shared, not
  * closed by `close()`). Migration folders come from the config unless sources are given.
  */
-export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sources?: ToolkitSources; describe?: string; close?: () => Promise<void>; poolMax?: number }): Toolkit {
+export function createToolkit(options: {
+  knex: Knex;
+  config: ToolkitConfig;
+  sources?: ToolkitSources;
+  describe?: string;
+  close?: () => Promise<void>;
+  poolMax?: number;
+}): Toolkit {
   const { knex, config } = options;
   const masterSource = options.sources?.master ?? folderSource(config.masterMigrationsDir, 'MASTER_MIGRATIONS_DIR');
   const tenantSource = options.sources?.tenant ?? folderSource(config.tenantMigrationsDir, 'TENANT_MIGRATIONS_DIR');
@@ -81,7 +88,12 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
       // recorded, including those a crashed run applied without getting to record them.
       const complete = report.tenants.some((t) => t.outcome === 'migrated' || t.outcome === 'up-to-date');
       const applied = new Set(report.tenants.flatMap((t) => t.migrations));
-      await recordChecksums(knex, 'tenant', complete ? migrations : migrations.filter((m) => applied.has(m.name)), recorded);
+      await recordChecksums(
+        knex,
+        'tenant',
+        complete ? migrations : migrations.filter((m) => applied.has(m.name)),
+        recorded,
+      );
     }
     return report;
   };
@@ -93,16 +105,25 @@ export function createToolkit(options: { knex: Knex; config: ToolkitConfig; sour
     migrateMaster: async () => runMaster(knex, await masterSource.load(), baseSettings, 'up'),
     rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), baseSettings, 'down', o),
     provisionTenant: async (orgId) =>
-      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings: await settings(), memo: provisionMemo }),
+      provision(knex, orgId, {
+        migrations: await loadTenant(),
+        extensions: config.tenantExtensions,
+        settings: await settings(),
+        memo: provisionMemo,
+      }),
     migrateTenants: (o = {}) => fanout('up', o),
     rollbackTenants: (o = {}) => fanout('down', o),
-    status: async () => collectStatus(knex, await masterSource.load(), await loadTenant(), { parallel: Math.min(4, poolMax) }),
+    status: async () =>
+      collectStatus(knex, await masterSource.load(), await loadTenant(), { parallel: Math.min(4, poolMax) }),
     close: options.close ?? (async () => undefined),
   };
 }
 
 /** Opens the configured database (or the embedded default) and a toolkit over it. Close it when done. */
-export async function openToolkit(config: ToolkitConfig, options: OpenOptions & { sources?: ToolkitSources } = {}): Promise<Toolkit> {
+export async function openToolkit(
+  config: ToolkitConfig,
+  options: OpenOptions & { sources?: ToolkitSources } = {},
+): Promise<Toolkit> {
   const db = await openDatabase(config, options);
   return createToolkit({
     knex: db.knex,

@@ -12,17 +12,35 @@ import { ROOT } from './helpers/engine.ts';
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
 const VARIANTS = ['naive', 'toolkit', 'floor', 'provision', 'provision-floor', 'big'];
 const METRICS = [
-  'migrate.naive', 'noop.naive', 'migrate.toolkit', 'noop.toolkit', 'rss.migrate.toolkit', 'cpu.migrate.toolkit', 'startup.cli',
-  'migrate.floor', 'provision.toolkit', 'provision.floor', 'migrate.toolkit.big', 'noop.toolkit.big', 'status.toolkit.big',
+  'migrate.naive',
+  'noop.naive',
+  'migrate.toolkit',
+  'noop.toolkit',
+  'rss.migrate.toolkit',
+  'cpu.migrate.toolkit',
+  'startup.cli',
+  'migrate.floor',
+  'provision.toolkit',
+  'provision.floor',
+  'migrate.toolkit.big',
+  'noop.toolkit.big',
+  'status.toolkit.big',
   'rss.migrate.toolkit.big',
 ];
 const out = mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
 
 afterAll(() => rmSync(out, { recursive: true, force: true }));
 
-function bench(args: readonly string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function bench(
+  args: readonly string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !CONNECTION_VARS.includes(k)));
-  const child = spawn('pnpm', ['bench', ...args], { cwd: ROOT, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('pnpm', ['bench', ...args], {
+    cwd: ROOT,
+    env: { ...base, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -36,29 +54,30 @@ function bench(args: readonly string[], env: Record<string, string>): Promise<{ 
 const server = process.env.TEST_DATABASE_URL;
 
 // Registered only where a server is configured (not skipped): the refusal below runs everywhere.
-if (server) describe('pnpm bench --smoke on a server', () => {
-  it('runs every variant and writes JSON with each of them', async () => {
-    const file = path.join(out, 'smoke.json');
-    const run = await bench(['--smoke', '--out', file], { DATABASE_URL: server! });
-    expect(run.code, run.stderr).toBe(0);
-    const result = JSON.parse(readFileSync(file, 'utf8')) as {
-      options: { smoke: boolean };
-      runs: { variant: string }[];
-      summaries: { metric: string; n: number; median: number }[];
-      statements: unknown[];
-    };
-    expect(result.options.smoke).toBe(true);
-    expect(new Set(result.runs.map((r) => r.variant))).toEqual(new Set(VARIANTS));
-    for (const metric of METRICS) {
-      const summary = result.summaries.find((s) => s.metric === metric);
-      expect(summary, metric).toBeDefined();
-      expect(summary!.n).toBeGreaterThan(0);
-      expect(summary!.median).toBeGreaterThan(0);
-    }
-    expect(result.statements.length).toBeGreaterThan(5);
-    expect(run.stdout).toMatch(/migrate — floor/);
-  }, 300_000);
-});
+if (server)
+  describe('pnpm bench --smoke on a server', () => {
+    it('runs every variant and writes JSON with each of them', async () => {
+      const file = path.join(out, 'smoke.json');
+      const run = await bench(['--smoke', '--out', file], { DATABASE_URL: server! });
+      expect(run.code, run.stderr).toBe(0);
+      const result = JSON.parse(readFileSync(file, 'utf8')) as {
+        options: { smoke: boolean };
+        runs: { variant: string }[];
+        summaries: { metric: string; n: number; median: number }[];
+        statements: unknown[];
+      };
+      expect(result.options.smoke).toBe(true);
+      expect(new Set(result.runs.map((r) => r.variant))).toEqual(new Set(VARIANTS));
+      for (const metric of METRICS) {
+        const summary = result.summaries.find((s) => s.metric === metric);
+        expect(summary, metric).toBeDefined();
+        expect(summary!.n).toBeGreaterThan(0);
+        expect(summary!.median).toBeGreaterThan(0);
+      }
+      expect(result.statements.length).toBeGreaterThan(5);
+      expect(run.stdout).toMatch(/migrate — floor/);
+    }, 300_000);
+  });
 
 describe('pnpm bench without a server', () => {
   it('refuses the embedded engine with a clear message and exit code 2', async () => {

@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { folderSource, loadConfig, withDatabase, type Database } from '../src/index.ts';
+import { type Database, folderSource, loadConfig, withDatabase } from '../src/index.ts';
 import { finished, folders, runCli, startCli } from './helpers/cli.ts';
 import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
 
@@ -12,7 +12,11 @@ import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.t
  */
 
 const MASTER = path.join(ROOT, 'master-migrations');
-const MASTER_NAMES = ['20261121000001_create_tenants.ts', '20261121000002_create_focus_areas.ts', '20261121000003_create_coaching_categories.ts'];
+const MASTER_NAMES = [
+  '20261121000001_create_tenants.ts',
+  '20261121000002_create_focus_areas.ts',
+  '20261121000003_create_coaching_categories.ts',
+];
 const STACK = /^\s+at /m;
 
 let engine: TestEngine;
@@ -35,7 +39,9 @@ function inspect<T>(cb: (db: Database) => Promise<T>): Promise<T> {
 }
 
 async function publicTables(db: Database): Promise<string[]> {
-  const result = await db.knex.raw("select table_name from information_schema.tables where table_schema = 'public' order by 1");
+  const result = await db.knex.raw(
+    "select table_name from information_schema.tables where table_schema = 'public' order by 1",
+  );
   return result.rows.map((r: { table_name: string }) => r.table_name);
 }
 
@@ -57,7 +63,10 @@ describe('migrate:master and rollback:master', () => {
       expect(tables).not.toContain('tenants');
       expect(tables).not.toContain('focus_areas');
       expect(tables).toContain('knex_migrations_master');
-      const rows = await db.knex('knex_migrations_master').withSchema('public').count<{ count: string }[]>('* as count');
+      const rows = await db
+        .knex('knex_migrations_master')
+        .withSchema('public')
+        .count<{ count: string }[]>('* as count');
       expect(Number(rows[0]!.count)).toBe(0);
     });
 
@@ -66,7 +75,16 @@ describe('migrate:master and rollback:master', () => {
     expect(json.code, json.stderr).toBe(0);
     expect(json.stdout.startsWith('{')).toBe(true);
     const doc = JSON.parse(json.stdout) as Record<string, unknown>;
-    expect(doc).toMatchObject({ command: 'migrate:master', schema: 'public', outcome: 'migrated', direction: 'up', batch: 1, migrations: MASTER_NAMES, error: null, warnings: [] });
+    expect(doc).toMatchObject({
+      command: 'migrate:master',
+      schema: 'public',
+      outcome: 'migrated',
+      direction: 'up',
+      batch: 1,
+      migrations: MASTER_NAMES,
+      error: null,
+      warnings: [],
+    });
     expect(doc.results).toEqual(MASTER_NAMES.map((name) => ({ name, direction: 'up', status: 'Success' })));
   });
 
@@ -85,7 +103,9 @@ describe('migrate:master and rollback:master', () => {
         { table_name: 'knex_migrations_master_lock', column_name: 'index', data_type: 'integer' },
         { table_name: 'knex_migrations_master_lock', column_name: 'is_locked', data_type: 'integer' },
       ]);
-      expect((await db.knex.raw('select is_locked from public.knex_migrations_master_lock')).rows).toEqual([{ is_locked: 0 }]);
+      expect((await db.knex.raw('select is_locked from public.knex_migrations_master_lock')).rows).toEqual([
+        { is_locked: 0 },
+      ]);
 
       // What `knex --knexfile knexfile.ts migrate:list` runs: Knex's own migrator over our tables.
       const [completed, pending] = await db.knex.migrate.list({
@@ -97,7 +117,9 @@ describe('migrate:master and rollback:master', () => {
       expect(completed.map((m: { name: string }) => m.name)).toEqual(MASTER_NAMES);
       expect(pending).toEqual([]);
       // Knex found its lock row and did not add another.
-      expect((await db.knex.raw('select count(*)::int as n from public.knex_migrations_master_lock')).rows[0].n).toBe(1);
+      expect((await db.knex.raw('select count(*)::int as n from public.knex_migrations_master_lock')).rows[0].n).toBe(
+        1,
+      );
     });
   });
 });
@@ -112,7 +134,11 @@ describe('migrate:make:master and migrate:make:tenant', () => {
     const runs = await Promise.all(
       KINDS.map(async ({ kind, variable }) => {
         const dir = path.join(tmp, `made-${kind}`, 'nested'); // created on demand
-        return { kind, dir, result: await runCli([`migrate:make:${kind}`, `add_${kind}_colour`], { ...engine.env, [variable]: dir }) };
+        return {
+          kind,
+          dir,
+          result: await runCli([`migrate:make:${kind}`, `add_${kind}_colour`], { ...engine.env, [variable]: dir }),
+        };
       }),
     );
     for (const { kind, dir, result } of runs) {
@@ -126,7 +152,14 @@ describe('migrate:make:master and migrate:make:tenant', () => {
       expect(result.stdout.trim().endsWith(path.join(`made-${kind}`, 'nested', file))).toBe(true);
       // Knex's timestamp: UTC, YYYYMMDDHHMMSS, close to now.
       const stamp = file.slice(0, 14);
-      const written = Date.UTC(+stamp.slice(0, 4), +stamp.slice(4, 6) - 1, +stamp.slice(6, 8), +stamp.slice(8, 10), +stamp.slice(10, 12), +stamp.slice(12, 14));
+      const written = Date.UTC(
+        +stamp.slice(0, 4),
+        +stamp.slice(4, 6) - 1,
+        +stamp.slice(6, 8),
+        +stamp.slice(8, 10),
+        +stamp.slice(10, 12),
+        +stamp.slice(12, 14),
+      );
       expect(Math.abs(Date.now() - written)).toBeLessThan(10 * 60_000);
       const text = readFileSync(path.join(dir, file), 'utf8');
       expect(text).toContain('export async function up(knex: Knex): Promise<void>');
@@ -140,7 +173,9 @@ describe('migrate:make:master and migrate:make:tenant', () => {
 
   it('reject a bad or missing name with exit code 2 and write nothing', async () => {
     const runs = await Promise.all([
-      ...KINDS.map(({ kind, variable }) => runCli([`migrate:make:${kind}`, '../escape me'], { ...engine.env, [variable]: path.join(tmp, `bad-${kind}`) })),
+      ...KINDS.map(({ kind, variable }) =>
+        runCli([`migrate:make:${kind}`, '../escape me'], { ...engine.env, [variable]: path.join(tmp, `bad-${kind}`) }),
+      ),
       runCli(['migrate:make:tenant'], { ...engine.env, TENANT_MIGRATIONS_DIR: path.join(tmp, 'bad-unnamed') }),
     ]);
     for (const result of runs.slice(0, 2)) {
@@ -155,7 +190,10 @@ describe('migrate:make:master and migrate:make:tenant', () => {
 
 describe('usage errors', () => {
   it('an unknown command or option exits 2 with a one-line reason and no stack', async () => {
-    const [command, option] = await Promise.all([runCli(['migrate:everything'], env), runCli(['migrate:master', '--dry-run-please'], env)]);
+    const [command, option] = await Promise.all([
+      runCli(['migrate:everything'], env),
+      runCli(['migrate:master', '--dry-run-please'], env),
+    ]);
     expect(command.code).toBe(2);
     expect(command.stderr).toMatch(/^error: unknown command 'migrate:everything'$/m);
     expect(option.code).toBe(2);
@@ -171,7 +209,11 @@ describe('the embedded default', () => {
   // Always its own PGlite folder, whatever the test engine is.
   const dataDir = path.join(tmp, 'embedded-data');
   const gate = path.join(FIXTURES, 'prov-gate');
-  const embeddedEnv = { PGLITE_DATA_DIR: dataDir, ...folders(gate, path.join(FIXTURES, 'tenant-plain')), TENANT_EXTENSIONS: '' };
+  const embeddedEnv = {
+    PGLITE_DATA_DIR: dataDir,
+    ...folders(gate, path.join(FIXTURES, 'tenant-plain')),
+    TENANT_EXTENSIONS: '',
+  };
 
   it('announces itself in one line; a second process on the same folder fails with one clear line; the folder works afterwards', async () => {
     const ready = path.join(tmp, 'gate-ready');
@@ -184,7 +226,9 @@ describe('the embedded default', () => {
       const second = await runCli(['migrate:master'], embeddedEnv);
       expect(second.code).not.toBe(0);
       expect(second.code).not.toBeNull();
-      expect(second.stderr).toBe(`error: The embedded database at ${dataDir} is in use by another process (pid ${holder.pid}); stop it or set PGLITE_DATA_DIR to another folder\n`);
+      expect(second.stderr).toBe(
+        `error: The embedded database at ${dataDir} is in use by another process (pid ${holder.pid}); stop it or set PGLITE_DATA_DIR to another folder\n`,
+      );
       expect(second.stdout).toBe('');
     } finally {
       writeFileSync(release, '');
@@ -200,7 +244,9 @@ describe('the embedded default', () => {
     // The folder opens again, with the first process's work committed exactly once.
     await withDatabase(loadConfig(embeddedEnv, ROOT), async (db) => {
       expect(await publicTables(db)).toContain('prov_gate_done');
-      expect((await db.knex.raw('select name from public.knex_migrations_master')).rows).toEqual([{ name: '001_prov_gate.ts' }]);
+      expect((await db.knex.raw('select name from public.knex_migrations_master')).rows).toEqual([
+        { name: '001_prov_gate.ts' },
+      ]);
     });
     const again = await runCli(['migrate:master'], embeddedEnv);
     expect(again.code, again.stderr).toBe(0);

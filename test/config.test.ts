@@ -5,8 +5,16 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { knexConfigFor } from '../src/db/connection.ts';
 import { startEmbedded } from '../src/db/embedded.ts';
-import { ConfigError, ConnectionError, loadConfig, openToolkit, UsageError, type ConnectionTarget, type ToolkitConfig } from '../src/index.ts';
-import { runCli, type CliResult } from './helpers/cli.ts';
+import {
+  ConfigError,
+  ConnectionError,
+  type ConnectionTarget,
+  loadConfig,
+  openToolkit,
+  type ToolkitConfig,
+  UsageError,
+} from '../src/index.ts';
+import { type CliResult, runCli } from './helpers/cli.ts';
 import { ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
 
 /*
@@ -55,23 +63,50 @@ describe('loadConfig: DATABASE_URL', () => {
 
   it('defaults the port to 5432, accepts postgresql://, and leaves out what the URL leaves out', () => {
     const target = server(loadConfig({ DATABASE_URL: 'postgresql://localhost' }, CWD));
-    expect(target).toMatchObject({ host: 'localhost', port: 5432, user: undefined, password: undefined, database: undefined, describe: 'localhost:5432' });
+    expect(target).toMatchObject({
+      host: 'localhost',
+      port: 5432,
+      user: undefined,
+      password: undefined,
+      database: undefined,
+      describe: 'localhost:5432',
+    });
   });
 
   it('wins over DB_* variables when both are set', () => {
-    const target = server(loadConfig({ DATABASE_URL: 'postgres://u@url-host:7000/urldb', DB_HOST: 'var-host', DB_PORT: '7001', DB_NAME: 'vardb' }, CWD));
+    const target = server(
+      loadConfig(
+        { DATABASE_URL: 'postgres://u@url-host:7000/urldb', DB_HOST: 'var-host', DB_PORT: '7001', DB_NAME: 'vardb' },
+        CWD,
+      ),
+    );
     expect(target).toMatchObject({ host: 'url-host', port: 7000, database: 'urldb' });
   });
 
   it('rejects a URL that does not parse, and one of another scheme, naming DATABASE_URL', () => {
-    expect(problemsOf({ DATABASE_URL: 'not a url' })).toEqual([expect.stringMatching(/^DATABASE_URL is not a valid URL/)]);
-    expect(problemsOf({ DATABASE_URL: 'mysql://root@db:3306/app' })).toEqual([expect.stringMatching(/^DATABASE_URL must start with postgres:\/\/.*mysql:/)]);
+    expect(problemsOf({ DATABASE_URL: 'not a url' })).toEqual([
+      expect.stringMatching(/^DATABASE_URL is not a valid URL/),
+    ]);
+    expect(problemsOf({ DATABASE_URL: 'mysql://root@db:3306/app' })).toEqual([
+      expect.stringMatching(/^DATABASE_URL must start with postgres:\/\/.*mysql:/),
+    ]);
   });
 });
 
 describe('loadConfig: DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME', () => {
   it('builds the target from the separate variables', () => {
-    const target = server(loadConfig({ DB_HOST: 'db.internal', DB_PORT: '6000', DB_USER: 'svc', DB_PASSWORD: ' secret with spaces ', DB_NAME: 'coach' }, CWD));
+    const target = server(
+      loadConfig(
+        {
+          DB_HOST: 'db.internal',
+          DB_PORT: '6000',
+          DB_USER: 'svc',
+          DB_PASSWORD: ' secret with spaces ',
+          DB_NAME: 'coach',
+        },
+        CWD,
+      ),
+    );
     expect(target).toMatchObject({
       host: 'db.internal',
       port: 6000,
@@ -87,11 +122,19 @@ describe('loadConfig: DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME', () => {
 
   it('fills in localhost:5432, user postgres and database postgres for what is not set', () => {
     const target = server(loadConfig({ DB_NAME: 'only_db' }, CWD));
-    expect(target).toMatchObject({ host: 'localhost', port: 5432, user: 'postgres', password: undefined, database: 'only_db' });
+    expect(target).toMatchObject({
+      host: 'localhost',
+      port: 5432,
+      user: 'postgres',
+      password: undefined,
+      database: 'only_db',
+    });
   });
 
   it.each(['abc', '0', '65536', '54.32', '-1', '5432x'])('rejects DB_PORT=%j naming the variable', (port) => {
-    expect(problemsOf({ DB_HOST: 'h', DB_PORT: port })).toEqual([`DB_PORT must be a whole number between 1 and 65535, got "${port}"`]);
+    expect(problemsOf({ DB_HOST: 'h', DB_PORT: port })).toEqual([
+      `DB_PORT must be a whole number between 1 and 65535, got "${port}"`,
+    ]);
   });
 });
 
@@ -104,30 +147,45 @@ describe('loadConfig: SSL', () => {
 
   it('DB_SSL=true verifies the server certificate by default; DB_SSL_REJECT_UNAUTHORIZED=false turns that off', () => {
     expect(server(loadConfig({ DB_HOST: 'h', DB_SSL: 'true' }, CWD)).ssl).toEqual({ rejectUnauthorized: true });
-    expect(server(loadConfig({ DATABASE_URL: 'postgres://h/db', DB_SSL: 'require' }, CWD)).ssl).toEqual({ rejectUnauthorized: true });
-    expect(server(loadConfig({ DB_HOST: 'h', DB_SSL: '1', DB_SSL_REJECT_UNAUTHORIZED: 'false' }, CWD)).ssl).toEqual({ rejectUnauthorized: false });
+    expect(server(loadConfig({ DATABASE_URL: 'postgres://h/db', DB_SSL: 'require' }, CWD)).ssl).toEqual({
+      rejectUnauthorized: true,
+    });
+    expect(server(loadConfig({ DB_HOST: 'h', DB_SSL: '1', DB_SSL_REJECT_UNAUTHORIZED: 'false' }, CWD)).ssl).toEqual({
+      rejectUnauthorized: false,
+    });
   });
 
   it('reads the CA file named by DB_SSL_CERT_PATH (absolute, or relative to the working folder)', () => {
     const pem = '-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n';
     writeFileSync(path.join(tmp, 'ca.pem'), pem);
-    expect(server(loadConfig({ DB_HOST: 'h', DB_SSL: 'true', DB_SSL_CERT_PATH: path.join(tmp, 'ca.pem') }, CWD)).ssl).toEqual({ ca: pem, rejectUnauthorized: true });
+    expect(
+      server(loadConfig({ DB_HOST: 'h', DB_SSL: 'true', DB_SSL_CERT_PATH: path.join(tmp, 'ca.pem') }, CWD)).ssl,
+    ).toEqual({ ca: pem, rejectUnauthorized: true });
     // A certificate path alone turns SSL on.
-    expect(server(loadConfig({ DB_HOST: 'h', DB_SSL_CERT_PATH: 'ca.pem' }, tmp)).ssl).toEqual({ ca: pem, rejectUnauthorized: true });
+    expect(server(loadConfig({ DB_HOST: 'h', DB_SSL_CERT_PATH: 'ca.pem' }, tmp)).ssl).toEqual({
+      ca: pem,
+      rejectUnauthorized: true,
+    });
   });
 
   it('reports a missing certificate file naming DB_SSL_CERT_PATH and the resolved path', () => {
     const missing = path.join(tmp, 'nope', 'root.crt');
-    expect(problemsOf({ DB_HOST: 'h', DB_SSL: 'true', DB_SSL_CERT_PATH: missing })).toEqual([`DB_SSL_CERT_PATH: no certificate file at ${missing}`]);
+    expect(problemsOf({ DB_HOST: 'h', DB_SSL: 'true', DB_SSL_CERT_PATH: missing })).toEqual([
+      `DB_SSL_CERT_PATH: no certificate file at ${missing}`,
+    ]);
   });
 
   it('reports a certificate path that is a folder, naming DB_SSL_CERT_PATH', () => {
-    expect(problemsOf({ DB_HOST: 'h', DB_SSL_CERT_PATH: tmp })).toEqual([`DB_SSL_CERT_PATH: cannot read ${tmp} (EISDIR)`]);
+    expect(problemsOf({ DB_HOST: 'h', DB_SSL_CERT_PATH: tmp })).toEqual([
+      `DB_SSL_CERT_PATH: cannot read ${tmp} (EISDIR)`,
+    ]);
   });
 
   it('rejects a value that is not a boolean, naming the variable', () => {
     expect(problemsOf({ DB_HOST: 'h', DB_SSL: 'maybe' })).toEqual(['DB_SSL must be true or false, got "maybe"']);
-    expect(problemsOf({ DB_HOST: 'h', DB_SSL: 'true', DB_SSL_REJECT_UNAUTHORIZED: 'nah' })).toEqual(['DB_SSL_REJECT_UNAUTHORIZED must be true or false, got "nah"']);
+    expect(problemsOf({ DB_HOST: 'h', DB_SSL: 'true', DB_SSL_REJECT_UNAUTHORIZED: 'nah' })).toEqual([
+      'DB_SSL_REJECT_UNAUTHORIZED must be true or false, got "nah"',
+    ]);
   });
 });
 
@@ -145,14 +203,19 @@ describe('loadConfig: folders, extensions, embedded default', () => {
     expect(loadConfig({}, CWD).tenantExtensions).toEqual(['vector']);
     expect(loadConfig({ TENANT_EXTENSIONS: '' }, CWD).tenantExtensions).toEqual([]);
     expect(loadConfig({ TENANT_EXTENSIONS: ' citext , hstore,,' }, CWD).tenantExtensions).toEqual(['citext', 'hstore']);
-    expect(problemsOf({ TENANT_EXTENSIONS: 'vector; drop table x' })).toEqual(['TENANT_EXTENSIONS: "vector; drop table x" is not an extension name']);
+    expect(problemsOf({ TENANT_EXTENSIONS: 'vector; drop table x' })).toEqual([
+      'TENANT_EXTENSIONS: "vector; drop table x" is not an extension name',
+    ]);
   });
 
   it('with no database configured, uses the embedded engine in .pglite (or PGLITE_DATA_DIR), one connection', () => {
     const config = loadConfig({}, CWD);
     expect(config.connection).toEqual({ kind: 'embedded', dataDir: '/srv/app/.pglite' });
     expect(config.poolMax).toBe(1);
-    expect(loadConfig({ PGLITE_DATA_DIR: 'var/db', DB_POOL_MAX: '20' }, CWD)).toMatchObject({ connection: { kind: 'embedded', dataDir: '/srv/app/var/db' }, poolMax: 1 });
+    expect(loadConfig({ PGLITE_DATA_DIR: 'var/db', DB_POOL_MAX: '20' }, CWD)).toMatchObject({
+      connection: { kind: 'embedded', dataDir: '/srv/app/var/db' },
+      poolMax: 1,
+    });
     // Blank database variables do not count as configuring a server.
     expect(loadConfig({ DATABASE_URL: '  ', DB_HOST: '' }, CWD).connection.kind).toBe('embedded');
     // A server gets the configured pool.
@@ -171,7 +234,8 @@ describe('loadConfig: folders, extensions, embedded default', () => {
     });
     const named = ['DB_PORT', 'DB_SSL', 'DB_SSL_CERT_PATH', 'DB_POOL_MAX', 'LOCK_TIMEOUT', 'TENANT_EXTENSIONS'];
     expect(problems).toHaveLength(named.length);
-    for (const name of named) expect(problems.filter((p) => p.startsWith(`${name} `) || p.startsWith(`${name}:`))).toHaveLength(1);
+    for (const name of named)
+      expect(problems.filter((p) => p.startsWith(`${name} `) || p.startsWith(`${name}:`))).toHaveLength(1);
     // One line for the CLI to print.
     expect(new ConfigError(problems).message).not.toContain('\n');
   });
@@ -189,7 +253,10 @@ describe('what reaches the driver', () => {
     writeFileSync(path.join(tmp, 'driver-ca.pem'), pem);
     const ssl = { DB_SSL_CERT_PATH: path.join(tmp, 'driver-ca.pem'), DB_SSL_REJECT_UNAUTHORIZED: 'false' };
     expect(driverSsl({ DB_HOST: 'db.example.com', ...ssl })).toEqual({ ca: pem, rejectUnauthorized: false });
-    expect(driverSsl({ DATABASE_URL: 'postgres://u@db.example.com/app', ...ssl })).toEqual({ ca: pem, rejectUnauthorized: false });
+    expect(driverSsl({ DATABASE_URL: 'postgres://u@db.example.com/app', ...ssl })).toEqual({
+      ca: pem,
+      rejectUnauthorized: false,
+    });
   });
 
   it('keeps DB_SSL_CERT_PATH and DB_SSL_REJECT_UNAUTHORIZED when DATABASE_URL carries an sslmode (as managed services hand out)', () => {
@@ -197,7 +264,10 @@ describe('what reaches the driver', () => {
     writeFileSync(path.join(tmp, 'sslmode-ca.pem'), pem);
     const ssl = { DB_SSL_CERT_PATH: path.join(tmp, 'sslmode-ca.pem'), DB_SSL_REJECT_UNAUTHORIZED: 'false' };
     // node-postgres lets parameters in the connection string override the ssl object it is given.
-    expect(driverSsl({ DATABASE_URL: 'postgres://u@db.example.com/app?sslmode=require', ...ssl })).toMatchObject({ ca: pem, rejectUnauthorized: false });
+    expect(driverSsl({ DATABASE_URL: 'postgres://u@db.example.com/app?sslmode=require', ...ssl })).toMatchObject({
+      ca: pem,
+      rejectUnauthorized: false,
+    });
   });
 
   let engine: TestEngine;
@@ -209,7 +279,12 @@ describe('what reaches the driver', () => {
     engine = await startEngine('config');
     if (engine.url) {
       const url = new URL(engine.url);
-      live = { host: url.hostname, port: url.port || '5432', user: decodeURIComponent(url.username) || 'postgres', database: url.pathname.slice(1) };
+      live = {
+        host: url.hostname,
+        port: url.port || '5432',
+        user: decodeURIComponent(url.username) || 'postgres',
+        database: url.pathname.slice(1),
+      };
     } else {
       // The embedded engine served over TCP, exactly as the toolkit serves it to itself.
       const embedded = await startEmbedded(engine.env.PGLITE_DATA_DIR!);
@@ -224,7 +299,10 @@ describe('what reaches the driver', () => {
   });
 
   it('connects with DB_HOST, DB_PORT, DB_USER and DB_NAME', async () => {
-    const config = loadConfig({ DB_HOST: live.host, DB_PORT: live.port, DB_USER: live.user, DB_NAME: live.database }, ROOT);
+    const config = loadConfig(
+      { DB_HOST: live.host, DB_PORT: live.port, DB_USER: live.user, DB_NAME: live.database },
+      ROOT,
+    );
     const tk = await openToolkit(config);
     try {
       const result = await tk.knex.raw('select current_user as "user", current_database() as database');
@@ -236,7 +314,10 @@ describe('what reaches the driver', () => {
   });
 
   it('DB_SSL=true makes the driver ask for SSL (neither test server offers it)', async () => {
-    const config = loadConfig({ DB_HOST: live.host, DB_PORT: live.port, DB_USER: live.user, DB_NAME: live.database, DB_SSL: 'true' }, ROOT);
+    const config = loadConfig(
+      { DB_HOST: live.host, DB_PORT: live.port, DB_USER: live.user, DB_NAME: live.database, DB_SSL: 'true' },
+      ROOT,
+    );
     const error = await openToolkit(config).then(
       async (tk) => {
         await tk.close();
@@ -245,7 +326,9 @@ describe('what reaches the driver', () => {
       (e: unknown) => e,
     );
     expect(error).toBeInstanceOf(ConnectionError);
-    expect((error as Error).message).toBe(`Cannot connect to PostgreSQL at ${live.host}:${live.port}: The server does not support SSL connections`);
+    expect((error as Error).message).toBe(
+      `Cannot connect to PostgreSQL at ${live.host}:${live.port}: The server does not support SSL connections`,
+    );
   });
 });
 
@@ -267,7 +350,10 @@ describe('the CLI on bad configuration', () => {
   });
 
   it('an unparsable URL and a bad flag value together: both in one line, exit code 2', async () => {
-    const result = await runCli(['migrate:status'], { DATABASE_URL: 'postgres://user:pw@[::1:5432/db', DB_SSL: 'perhaps' });
+    const result = await runCli(['migrate:status'], {
+      DATABASE_URL: 'postgres://user:pw@[::1:5432/db',
+      DB_SSL: 'perhaps',
+    });
     expect(result.code).toBe(2);
     const line = oneLine(result);
     expect(line).toMatch(/DATABASE_URL is not a valid URL/);

@@ -39,7 +39,11 @@ describe('registry digest', () => {
 
   it('a tenant without a digest (registered before the toolkit) is read, found up to date, and gets one', async () => {
     await tk.provisionTenant('org_digest_b');
-    await tk.knex('tenants').withSchema('public').where({ clerk_org_id: 'org_digest_b' }).update({ migrations_digest: null });
+    await tk
+      .knex('tenants')
+      .withSchema('public')
+      .where({ clerk_org_id: 'org_digest_b' })
+      .update({ migrations_digest: null });
     const report = await tk.migrateTenants({ orgIds: ['org_digest_b'] });
     expect(report.tenants[0]).toMatchObject({ outcome: 'up-to-date' });
     expect(await digestOfOrg('org_digest_b')).toBe(digestOf(NAMES));
@@ -68,7 +72,14 @@ describe('registry digest', () => {
         tenant: {
           load: async () => [
             ...(await folderSource(PLAIN).load()),
-            { name: '003_extra.ts', file: 'inline', checksum: 'e'.repeat(64), transaction: true, up: (k) => k.raw('create table extra (id int)'), down: (k) => k.raw('drop table extra') },
+            {
+              name: '003_extra.ts',
+              file: 'inline',
+              checksum: 'e'.repeat(64),
+              transaction: true,
+              up: (k) => k.raw('create table extra (id int)'),
+              down: (k) => k.raw('drop table extra'),
+            },
           ],
         },
       },

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -7,7 +7,7 @@ import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LOCK_FILE, startEmbedded, type EmbeddedServer } from '../src/db/embedded.ts';
+import { type EmbeddedServer, LOCK_FILE, startEmbedded } from '../src/db/embedded.ts';
 import { EmbeddedLockedError } from '../src/errors.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -63,7 +63,8 @@ async function race(dataDir: string, count: number): Promise<string[]> {
   const children = Array.from({ length: count }, () => spawnContender(dataDir));
   const exits = children.map((child) => once(child, 'exit'));
   const outputs = children.map((child) => readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]());
-  const nextLines = () => Promise.all(outputs.map(async (out) => ((await out.next()).value as string | undefined) ?? '(exited)'));
+  const nextLines = () =>
+    Promise.all(outputs.map(async (out) => ((await out.next()).value as string | undefined) ?? '(exited)'));
   try {
     expect(await nextLines()).toEqual(Array(count).fill('READY'));
     for (const child of children) child.stdin.write('go\n');
@@ -123,7 +124,8 @@ describe('startEmbedded', { timeout: 60_000 }, () => {
     const server = await startEmbedded(databaseFolder());
     try {
       await withClient(server, async (client) => {
-        const advisoryLocks = async () => (await client.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`)).rows[0].n;
+        const advisoryLocks = async () =>
+          (await client.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`)).rows[0].n;
         await client.query('CREATE TABLE t (x int)');
         await client.query('BEGIN');
         await client.query('INSERT INTO t VALUES (1)');
@@ -154,7 +156,9 @@ describe('startEmbedded', { timeout: 60_000 }, () => {
   it('keeps data across stop and start, and stop is idempotent', async () => {
     const dataDir = databaseFolder();
     const first = await startEmbedded(dataDir);
-    await withClient(first, (client) => client.query(`CREATE TABLE kept (note text); INSERT INTO kept VALUES ('still here')`));
+    await withClient(first, (client) =>
+      client.query(`CREATE TABLE kept (note text); INSERT INTO kept VALUES ('still here')`),
+    );
     await Promise.all([first.stop(), first.stop()]);
     await first.stop();
     expect(fs.existsSync(path.join(dataDir, LOCK_FILE))).toBe(false);
@@ -219,6 +223,7 @@ describe('startEmbedded', { timeout: 60_000 }, () => {
     fs.writeFileSync(path.join(dataDir, LOCK_FILE), `${await deadPid()}\n`);
     const verdicts = await race(dataDir, 3);
     expect(verdicts.filter((v) => v === 'WON')).toHaveLength(1);
-    for (const verdict of verdicts.filter((v) => v !== 'WON')) expect(verdict).toMatch(/^LOST .* is in use by another process \(pid \d+\)/);
+    for (const verdict of verdicts.filter((v) => v !== 'WON'))
+      expect(verdict).toMatch(/^LOST .* is in use by another process \(pid \d+\)/);
   });
 });

@@ -16,7 +16,9 @@ afterAll(async () => {
 });
 
 async function tables(): Promise<string[]> {
-  const result = await tk.knex.raw("select table_name from information_schema.tables where table_schema = 'public' order by 1");
+  const result = await tk.knex.raw(
+    "select table_name from information_schema.tables where table_schema = 'public' order by 1",
+  );
   return result.rows.map((r: { table_name: string }) => r.table_name);
 }
 
@@ -31,9 +33,19 @@ describe('master migrations', () => {
       '20261121000003_create_coaching_categories.ts',
     ]);
     expect(await tables()).toEqual(
-      expect.arrayContaining(['tenants', 'focus_areas', 'coaching_categories', 'knex_migrations_master', 'knex_migrations_master_lock']),
+      expect.arrayContaining([
+        'tenants',
+        'focus_areas',
+        'coaching_categories',
+        'knex_migrations_master',
+        'knex_migrations_master_lock',
+      ]),
     );
-    const history = await tk.knex('knex_migrations_master').withSchema('public').select('name', 'batch', 'migration_time').orderBy('id');
+    const history = await tk
+      .knex('knex_migrations_master')
+      .withSchema('public')
+      .select('name', 'batch', 'migration_time')
+      .orderBy('id');
     expect(history.map((r) => r.batch)).toEqual([1, 1, 1]);
     expect(history.every((r) => r.migration_time instanceof Date)).toBe(true);
 
@@ -46,7 +58,9 @@ describe('master migrations', () => {
     await tk.knex('tenants').insert({ clerk_org_id: 'org_a', schema_name: 'tid_a' });
     await expect(tk.knex('tenants').insert({ clerk_org_id: 'org_a', schema_name: 'tid_b' })).rejects.toThrow(/unique/i);
     await expect(tk.knex('tenants').insert({ clerk_org_id: 'org_c', schema_name: 'tid_a' })).rejects.toThrow(/unique/i);
-    await expect(tk.knex('tenants').insert({ clerk_org_id: 'org_d', schema_name: 'tid_d', status: 'WEIRD' })).rejects.toThrow(/check/i);
+    await expect(
+      tk.knex('tenants').insert({ clerk_org_id: 'org_d', schema_name: 'tid_d', status: 'WEIRD' }),
+    ).rejects.toThrow(/check/i);
     const row = await tk.knex('tenants').where({ clerk_org_id: 'org_a' }).first();
     expect(row.status).toBe('PROVISIONING');
     await tk.knex('tenants').delete();

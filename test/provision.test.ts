@@ -6,13 +6,13 @@ import {
   createToolkit,
   OrphanSchemaError,
   openToolkit,
+  type ProvisionReport,
   RegistryMissingError,
   schemaNameFor,
-  UsageError,
-  type ProvisionReport,
   type Toolkit,
+  UsageError,
 } from '../src/index.ts';
-import { runCli, type CliResult } from './helpers/cli.ts';
+import { type CliResult, runCli } from './helpers/cli.ts';
 import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
 
 /*
@@ -49,7 +49,11 @@ async function db(): Promise<Toolkit> {
 /** A toolkit over the same pool with other settings (tenant folder, extensions). */
 async function toolkit(overrides: Record<string, string> = {}): Promise<Toolkit> {
   const shared = await db();
-  return createToolkit({ knex: shared.knex, config: engine.config({ ...BASE, ...overrides }), poolMax: shared.config.poolMax });
+  return createToolkit({
+    knex: shared.knex,
+    config: engine.config({ ...BASE, ...overrides }),
+    poolMax: shared.config.poolMax,
+  });
 }
 
 /** Runs the CLI against the test database; on PGlite, closes this process's pool first. */
@@ -74,7 +78,10 @@ interface RegistryRow {
 }
 
 async function registryRows(orgId: string): Promise<RegistryRow[]> {
-  return rows('select clerk_org_id, schema_name, status, error, updated_at from public.tenants where clerk_org_id = ?', [orgId]);
+  return rows(
+    'select clerk_org_id, schema_name, status, error, updated_at from public.tenants where clerk_org_id = ?',
+    [orgId],
+  );
 }
 
 async function registryCount(): Promise<number> {
@@ -82,15 +89,26 @@ async function registryCount(): Promise<number> {
 }
 
 async function tenantSchemas(): Promise<string[]> {
-  return (await rows<{ nspname: string }>("select nspname from pg_namespace where nspname like 'tid\\_%' order by 1")).map((r) => r.nspname);
+  return (
+    await rows<{ nspname: string }>("select nspname from pg_namespace where nspname like 'tid\\_%' order by 1")
+  ).map((r) => r.nspname);
 }
 
 async function schemaExists(schema: string): Promise<boolean> {
-  return (await rows<{ present: boolean }>('select exists (select 1 from pg_namespace where nspname = ?) as present', [schema]))[0]!.present;
+  return (
+    await rows<{ present: boolean }>('select exists (select 1 from pg_namespace where nspname = ?) as present', [
+      schema,
+    ])
+  )[0]!.present;
 }
 
 async function tablesIn(schema: string): Promise<string[]> {
-  return (await rows<{ t: string }>('select table_name as t from information_schema.tables where table_schema = ? order by 1', [schema])).map((r) => r.t);
+  return (
+    await rows<{ t: string }>(
+      'select table_name as t from information_schema.tables where table_schema = ? order by 1',
+      [schema],
+    )
+  ).map((r) => r.t);
 }
 
 function md5(text: string): string {
@@ -115,7 +133,9 @@ describe('before the master migrations', () => {
   it('refuses to provision without the registry, naming `pnpm migrate:master`, and writes nothing', async () => {
     const viaCli = await cli(['provision:tenant', 'org_early']);
     expect(viaCli.code).toBe(1);
-    expect(oneLine(viaCli)).toBe('error: The tenant registry public.tenants does not exist: run `pnpm migrate:master` first');
+    expect(oneLine(viaCli)).toBe(
+      'error: The tenant registry public.tenants does not exist: run `pnpm migrate:master` first',
+    );
     expect(viaCli.stdout).toBe('');
 
     const tk = await toolkit();
@@ -145,15 +165,25 @@ describe('provisioning', () => {
   it('a new tenant ends ACTIVE with its tables in its own schema and none in public', async () => {
     const tk = await toolkit();
     const report = await tk.provisionTenant('default_tenant');
-    expect(report).toMatchObject({ orgId: 'default_tenant', schema: 'tid_cf4116b064', outcome: 'provisioned', migrations: PLAIN_NAMES, error: null });
-    expect(await registryRows('default_tenant')).toEqual([expect.objectContaining({ schema_name: 'tid_cf4116b064', status: 'ACTIVE', error: null })]);
+    expect(report).toMatchObject({
+      orgId: 'default_tenant',
+      schema: 'tid_cf4116b064',
+      outcome: 'provisioned',
+      migrations: PLAIN_NAMES,
+      error: null,
+    });
+    expect(await registryRows('default_tenant')).toEqual([
+      expect.objectContaining({ schema_name: 'tid_cf4116b064', status: 'ACTIVE', error: null }),
+    ]);
     expect(await tablesIn('tid_cf4116b064')).toEqual(['knex_migrations_tenant', 'settings', 'users']);
     const publicTables = await tablesIn('public');
     expect(publicTables).not.toContain('users');
     expect(publicTables).not.toContain('settings');
     expect(publicTables).not.toContain('knex_migrations_tenant');
     // Knex's tracking format, one batch.
-    const history = await rows<{ id: number; name: string; batch: number; migration_time: Date }>('select id, name, batch, migration_time from tid_cf4116b064.knex_migrations_tenant order by id');
+    const history = await rows<{ id: number; name: string; batch: number; migration_time: Date }>(
+      'select id, name, batch, migration_time from tid_cf4116b064.knex_migrations_tenant order by id',
+    );
     expect(history.map((r) => [r.name, r.batch])).toEqual([
       ['001_users.ts', 1],
       ['002_settings.ts', 1],
@@ -173,20 +203,30 @@ describe('provisioning', () => {
     expect(row!.error).toContain('boom: intentional failure');
     expect(await schemaExists(schemaNameFor('org_fails'))).toBe(false);
     expect(await tenantSchemas()).toEqual(before);
-    expect(await rows("select table_schema, table_name from information_schema.tables where table_name like 'prov\\_fail%'")).toEqual([]);
+    expect(
+      await rows("select table_schema, table_name from information_schema.tables where table_name like 'prov\\_fail%'"),
+    ).toEqual([]);
   });
 
   it('the report of a failed provisioning names the migration that failed', async () => {
     const report = await (await toolkit({ TENANT_MIGRATIONS_DIR: FAILING })).provisionTenant('org_fails_named');
     expect(report.outcome).toBe('failed');
-    expect(report.error).toEqual({ migration: '002_prov_fail_boom.ts', message: expect.stringContaining('boom'), code: 'E_MIGRATION' });
+    expect(report.error).toEqual({
+      migration: '002_prov_fail_boom.ts',
+      message: expect.stringContaining('boom'),
+      code: 'E_MIGRATION',
+    });
   });
 
   it('through the CLI: a failure exits 1; after fixing TENANT_MIGRATIONS_DIR it ends ACTIVE (--json report); then it is a no-op with exit 0', async () => {
     const schema = schemaNameFor('org_cli_fix');
     const failed = await cli(['provision:tenant', 'org_cli_fix'], { TENANT_MIGRATIONS_DIR: FAILING });
     expect(failed.code).toBe(1);
-    expect(failed.stdout).toMatch(new RegExp(`^Provisioning org_cli_fix → ${schema} FAILED: 002_prov_fail_boom\\.ts \\(up\\) failed: boom: intentional failure`));
+    expect(failed.stdout).toMatch(
+      new RegExp(
+        `^Provisioning org_cli_fix → ${schema} FAILED: 002_prov_fail_boom\\.ts \\(up\\) failed: boom: intentional failure`,
+      ),
+    );
     expect(await registryRows('org_cli_fix')).toEqual([expect.objectContaining({ status: 'FAILED' })]);
     expect(await schemaExists(schema)).toBe(false);
 
@@ -194,8 +234,23 @@ describe('provisioning', () => {
     const fixed = await cli(['provision:tenant', 'org_cli_fix', '--json'], { TENANT_MIGRATIONS_DIR: PLAIN });
     expect(fixed.code, fixed.stderr).toBe(0);
     const doc = JSON.parse(fixed.stdout) as Record<string, unknown>;
-    expect(Object.keys(doc).sort()).toEqual(['command', 'durationMs', 'error', 'migrations', 'orgId', 'outcome', 'schema']);
-    expect(doc).toMatchObject({ command: 'provision:tenant', orgId: 'org_cli_fix', schema, outcome: 'provisioned', migrations: PLAIN_NAMES, error: null });
+    expect(Object.keys(doc).sort()).toEqual([
+      'command',
+      'durationMs',
+      'error',
+      'migrations',
+      'orgId',
+      'outcome',
+      'schema',
+    ]);
+    expect(doc).toMatchObject({
+      command: 'provision:tenant',
+      orgId: 'org_cli_fix',
+      schema,
+      outcome: 'provisioned',
+      migrations: PLAIN_NAMES,
+      error: null,
+    });
     expect(typeof doc.durationMs).toBe('number');
     const [row] = await registryRows('org_cli_fix');
     expect(row).toMatchObject({ schema_name: schema, status: 'ACTIVE', error: null });
@@ -228,22 +283,33 @@ describe('provisioning', () => {
     expect(reports.filter((r) => r.outcome === 'already-active')).toHaveLength(7);
     expect(await registryRows(orgId)).toEqual([expect.objectContaining({ schema_name: schema, status: 'ACTIVE' })]);
     expect((await tenantSchemas()).filter((s) => s.startsWith(schema))).toEqual([schema]);
-    expect(await rows(`select name from ${schema}.knex_migrations_tenant order by id`)).toEqual(PLAIN_NAMES.map((name) => ({ name })));
+    expect(await rows(`select name from ${schema}.knex_migrations_tenant order by id`)).toEqual(
+      PLAIN_NAMES.map((name) => ({ name })),
+    );
   });
 
   it('concurrent provisioning of different orgs that all need an extension not yet installed: all succeed, every round', async () => {
     // An extension this server has but this database has not installed: citext on a server
     // (which may lack vector), vector on PGlite (which has no contrib extensions loaded).
-    const available = await rows<{ name: string }>("select name from pg_available_extensions where name in ('citext', 'hstore') order by name");
+    const available = await rows<{ name: string }>(
+      "select name from pg_available_extensions where name in ('citext', 'hstore') order by name",
+    );
     const extension = engine.kind === 'embedded' || available.length === 0 ? 'vector' : available[0]!.name;
     const tk = await toolkit({ TENANT_EXTENSIONS: extension });
     for (let round = 0; round < 3; round++) {
       expect(await rows('select extname from pg_extension where extname = ?', [extension])).toEqual([]);
       const orgIds = Array.from({ length: 8 }, (_, i) => `org_ext_r${round}_${i}`);
       const reports: ProvisionReport[] = await Promise.all(orgIds.map((orgId) => tk.provisionTenant(orgId)));
-      expect(reports.map((r) => [r.orgId, r.outcome, r.error?.message ?? null])).toEqual(orgIds.map((orgId) => [orgId, 'provisioned', null]));
-      expect(await rows('select extname from pg_extension where extname = ?', [extension])).toEqual([{ extname: extension }]);
-      const statuses = await rows<{ status: string }>('select status from public.tenants where clerk_org_id = any(?::text[])', [orgIds]);
+      expect(reports.map((r) => [r.orgId, r.outcome, r.error?.message ?? null])).toEqual(
+        orgIds.map((orgId) => [orgId, 'provisioned', null]),
+      );
+      expect(await rows('select extname from pg_extension where extname = ?', [extension])).toEqual([
+        { extname: extension },
+      ]);
+      const statuses = await rows<{ status: string }>(
+        'select status from public.tenants where clerk_org_id = any(?::text[])',
+        [orgIds],
+      );
       expect(statuses).toEqual(Array(8).fill({ status: 'ACTIVE' }));
       // Nothing of ours depends on it, so the next round races its creation again.
       await (await db()).knex.raw('drop extension ??', [extension]);
@@ -255,7 +321,9 @@ describe('provisioning', () => {
     const short = schemaNameFor(orgId);
     const long = `tid_${md5(orgId).slice(0, 12)}`;
     expect(long.startsWith(short)).toBe(true);
-    await (await db()).knex('tenants').insert({ clerk_org_id: 'org_holder_of_the_name', schema_name: short, status: 'ACTIVE' });
+    await (await db())
+      .knex('tenants')
+      .insert({ clerk_org_id: 'org_holder_of_the_name', schema_name: short, status: 'ACTIVE' });
 
     const report = await (await toolkit()).provisionTenant(orgId);
     expect(report).toMatchObject({ schema: long, outcome: 'provisioned', error: null });
@@ -330,7 +398,9 @@ describe('provisioning', () => {
 
     const viaCli = await cli(['provision:tenant', orgId]);
     expect(viaCli.code).toBe(1);
-    expect(oneLine(viaCli)).toMatch(new RegExp(`^error: Schema ${schema} already exists but is not registered to ${orgId}; refusing to adopt it`));
+    expect(oneLine(viaCli)).toMatch(
+      new RegExp(`^error: Schema ${schema} already exists but is not registered to ${orgId}; refusing to adopt it`),
+    );
 
     expect(await registryRows(orgId)).toEqual([]);
     expect(await tablesIn(schema)).toEqual(['someone_elses_data']);
@@ -341,8 +411,17 @@ describe('provisioning', () => {
     const bad = await cli(['provision:tenant', 'org_json_fail', '--json'], { TENANT_MIGRATIONS_DIR: FAILING });
     expect(bad.code).toBe(1);
     const failed = JSON.parse(bad.stdout) as Record<string, unknown>;
-    expect(failed).toMatchObject({ command: 'provision:tenant', orgId: 'org_json_fail', schema: schemaNameFor('org_json_fail'), outcome: 'failed', migrations: [] });
-    expect(failed.error).toMatchObject({ message: expect.stringContaining('boom: intentional failure'), code: 'E_MIGRATION' });
+    expect(failed).toMatchObject({
+      command: 'provision:tenant',
+      orgId: 'org_json_fail',
+      schema: schemaNameFor('org_json_fail'),
+      outcome: 'failed',
+      migrations: [],
+    });
+    expect(failed.error).toMatchObject({
+      message: expect.stringContaining('boom: intentional failure'),
+      code: 'E_MIGRATION',
+    });
     expect(await registryRows('org_json_fail')).toEqual([expect.objectContaining({ status: 'FAILED' })]);
   });
 
@@ -361,7 +440,10 @@ describe('provisioning', () => {
         [schema],
       );
       expect(column?.type).toBe('vector(1536)');
-      const indexes = await rows<{ indexname: string; indexdef: string }>('select indexname, indexdef from pg_indexes where schemaname = ? and tablename = ?', [schema, 'chat_messages']);
+      const indexes = await rows<{ indexname: string; indexdef: string }>(
+        'select indexname, indexdef from pg_indexes where schemaname = ? and tablename = ?',
+        [schema, 'chat_messages'],
+      );
       const hnsw = indexes.find((i) => i.indexname === 'chat_messages_embedding_hnsw');
       expect(hnsw?.indexdef).toMatch(/USING hnsw \(embedding vector_cosine_ops\)/);
       expect(await tablesIn('public')).not.toContain('chat_messages');

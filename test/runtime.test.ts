@@ -4,23 +4,23 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clerkWebhookHandler, type Handler, settingsHandler } from '../examples/clerk-webhook.ts';
 import {
   ConfigError,
   createTenantClient,
   createToolkit,
   folderSource,
-  openToolkit,
-  RegistryMissingError,
-  TenantAccessError,
-  TenantNotFoundError,
-  TenantUnavailableError,
   type LazyMigrationEvent,
   type Migration,
   type MigrationSource,
+  openToolkit,
+  RegistryMissingError,
+  TenantAccessError,
   type TenantClient,
+  TenantNotFoundError,
+  TenantUnavailableError,
   type Toolkit,
 } from '../src/index.ts';
-import { clerkWebhookHandler, settingsHandler, type Handler } from '../examples/clerk-webhook.ts';
 import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
 
 const PLAIN = path.join(FIXTURES, 'tenant-plain');
@@ -43,10 +43,15 @@ beforeAll(async () => {
   base = await folderSource(PLAIN).load();
   const opened = Date.now();
   await provisionAll(LOAD_ORGS);
-  console.info(`[runtime] ${engine.kind}: engine ready in ${opened - started} ms, ${LOAD_TENANTS} tenants provisioned in ${Date.now() - opened} ms`);
+  console.info(
+    `[runtime] ${engine.kind}: engine ready in ${opened - started} ms, ${LOAD_TENANTS} tenants provisioned in ${Date.now() - opened} ms`,
+  );
   // Each schema's owner marker is written with an explicit schema, independently of the client under test.
   for (const orgId of LOAD_ORGS) {
-    await tk.knex.withSchema(schema(orgId)).table('settings').insert({ key: 'owner', value: JSON.stringify({ org: orgId }) });
+    await tk.knex
+      .withSchema(schema(orgId))
+      .table('settings')
+      .insert({ key: 'owner', value: JSON.stringify({ org: orgId }) });
   }
 });
 
@@ -64,7 +69,11 @@ async function provisionAll(orgIds: readonly string[], toolkit: Toolkit = tk): P
   });
 }
 
-async function inParallel<T>(items: readonly T[], workers: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+async function inParallel<T>(
+  items: readonly T[],
+  workers: number,
+  fn: (item: T, index: number) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < items.length) {
@@ -101,7 +110,10 @@ async function withSingleConnection(cb: (knex: Knex) => Promise<void>): Promise<
   }
 }
 
-async function expectRejection<E extends Error>(promise: Promise<unknown>, type: abstract new (...args: never[]) => E): Promise<E> {
+async function expectRejection<E extends Error>(
+  promise: Promise<unknown>,
+  type: abstract new (...args: never[]) => E,
+): Promise<E> {
   const error = await promise.then(
     () => undefined,
     (e: unknown) => e,
@@ -127,7 +139,10 @@ describe('withTenant under load', () => {
     const wrong: string[] = [];
     const calls = new Map<string, number>();
     let seed = 42;
-    const random = (): number => (seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648) / 2_147_483_648;
+    const random = (): number => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648;
+      return seed / 2_147_483_648;
+    };
     const plan = Array.from({ length: LOAD_CALLS }, () => LOAD_ORGS[Math.floor(random() * LOAD_ORGS.length)]!);
 
     const started = Date.now();
@@ -144,13 +159,22 @@ describe('withTenant under load', () => {
           [inserted.id],
         );
         const row = result.rows[0] as { current: string; owner: string; email: string };
-        if (scope.schema !== schema(orgId) || row.current !== schema(orgId) || row.owner !== orgId || row.email !== email) {
-          wrong.push(`${orgId} call ${i}: scope ${scope.schema}, current ${row.current}, owner ${row.owner}, email ${row.email}`);
+        if (
+          scope.schema !== schema(orgId) ||
+          row.current !== schema(orgId) ||
+          row.owner !== orgId ||
+          row.email !== email
+        ) {
+          wrong.push(
+            `${orgId} call ${i}: scope ${scope.schema}, current ${row.current}, owner ${row.owner}, email ${row.email}`,
+          );
         }
       });
     });
     const elapsed = Date.now() - started;
-    console.info(`[runtime] ${engine.kind}: ${LOAD_CALLS} withTenant calls over ${LOAD_TENANTS} tenants in ${elapsed} ms (${Math.round((LOAD_CALLS * 1000) / elapsed)}/s)`);
+    console.info(
+      `[runtime] ${engine.kind}: ${LOAD_CALLS} withTenant calls over ${LOAD_TENANTS} tenants in ${elapsed} ms (${Math.round((LOAD_CALLS * 1000) / elapsed)}/s)`,
+    );
 
     expect(wrong).toEqual([]);
     // Every write landed in its own tenant's schema, and only there.
@@ -176,7 +200,10 @@ describe('withTenant under load', () => {
     const listen = (query: { sql: string }): void => void sql.push(query.sql);
     tk.knex.on('query', listen);
     try {
-      const count = await tenants.withTenant(orgId, async (trx) => (await trx('users').count<{ count: string }[]>('* as count'))[0]!.count);
+      const count = await tenants.withTenant(
+        orgId,
+        async (trx) => (await trx('users').count<{ count: string }[]>('* as count'))[0]!.count,
+      );
       expect(Number(count)).toBeGreaterThan(0);
     } finally {
       tk.knex.off('query', listen);
@@ -208,12 +235,20 @@ describe('withTenant isolation', () => {
       const path1 = await sessionPath(knex);
       expect(path1.setting).toBe(path1.reset_val);
       expect(path1.setting).not.toContain(schema('org_load_01'));
-      const kept = await knex.withSchema(schema('org_load_01')).table('users').where({ email: 'rolled-back@org_load_01' });
+      const kept = await knex
+        .withSchema(schema('org_load_01'))
+        .table('users')
+        .where({ email: 'rolled-back@org_load_01' });
       expect(kept).toEqual([]);
 
       // A failing statement aborts the transaction; the next tenant on the same connection is unaffected.
-      await expect(tenants.withTenant('org_load_02', (trx) => trx.raw('select * from no_such_table'))).rejects.toThrow(/no_such_table/);
-      const owner = await tenants.withTenant('org_load_03', async (trx) => (await trx('settings').where({ key: 'owner' }).first()).value.org);
+      await expect(tenants.withTenant('org_load_02', (trx) => trx.raw('select * from no_such_table'))).rejects.toThrow(
+        /no_such_table/,
+      );
+      const owner = await tenants.withTenant(
+        'org_load_03',
+        async (trx) => (await trx('settings').where({ key: 'owner' }).first()).value.org,
+      );
       expect(owner).toBe('org_load_03');
       const path2 = await sessionPath(knex);
       expect(path2.setting).toBe(path2.reset_val);
@@ -228,14 +263,22 @@ describe('withTenant isolation', () => {
     expect(unknown).toBeInstanceOf(TenantAccessError);
     expect(unknown.httpStatus).toBe(404);
     expect(unknown.code).toBe('E_TENANT_NOT_FOUND');
-    expect((await expectRejection(tenants.withTenant("x'; drop schema public; --", cb), TenantNotFoundError)).message).toMatch(/malformed/);
+    expect(
+      (await expectRejection(tenants.withTenant("x'; drop schema public; --", cb), TenantNotFoundError)).message,
+    ).toMatch(/malformed/);
 
     await tk.knex('tenants').insert([
       { clerk_org_id: 'org_halfway', schema_name: 'tid_0a1f0a1f0a', status: 'PROVISIONING' },
       { clerk_org_id: 'org_broken', schema_name: 'tid_0b0b0b0b0b', status: 'FAILED', error: 'it broke' },
     ]);
     const halfway = await expectRejection(tenants.withTenant('org_halfway', cb), TenantUnavailableError);
-    expect(halfway).toMatchObject({ httpStatus: 503, reason: 'provisioning', status: 'PROVISIONING', schema: 'tid_0a1f0a1f0a', orgId: 'org_halfway' });
+    expect(halfway).toMatchObject({
+      httpStatus: 503,
+      reason: 'provisioning',
+      status: 'PROVISIONING',
+      schema: 'tid_0a1f0a1f0a',
+      orgId: 'org_halfway',
+    });
     const broken = await expectRejection(tenants.withTenant('org_broken', cb), TenantUnavailableError);
     expect(broken).toMatchObject({ httpStatus: 503, reason: 'failed', status: 'FAILED' });
     expect(ran).toBe(0);
@@ -263,11 +306,21 @@ describe('withTenant isolation', () => {
         await trx('users').insert({ email: 'leaked@public' });
       };
       const cached = await expectRejection(warm.withTenant(orgId, write), TenantUnavailableError);
-      expect(cached).toMatchObject({ reason: 'schema-missing', status: 'ACTIVE', schema: schema(orgId), httpStatus: 503 });
-      const cold = await expectRejection(createTenantClient({ knex: tk.knex }).withTenant(orgId, write), TenantUnavailableError);
+      expect(cached).toMatchObject({
+        reason: 'schema-missing',
+        status: 'ACTIVE',
+        schema: schema(orgId),
+        httpStatus: 503,
+      });
+      const cold = await expectRejection(
+        createTenantClient({ knex: tk.knex }).withTenant(orgId, write),
+        TenantUnavailableError,
+      );
       expect(cold.reason).toBe('schema-missing');
       expect(ran).toBe(0);
-      expect(await tk.knex.withSchema('public').table('users').count<{ count: string }[]>('* as count')).toEqual([{ count: '0' }]);
+      expect(await tk.knex.withSchema('public').table('users').count<{ count: string }[]>('* as count')).toEqual([
+        { count: '0' },
+      ]);
     } finally {
       await tk.knex.raw('drop table public.users');
     }
@@ -348,15 +401,21 @@ describe('the lookup cache', () => {
 
   it('validates its options in one pass and names a missing registry', async () => {
     const error = await expectRejection(
-      (async () => createTenantClient({ knex: tk.knex, cache: { max: 0, ttlMs: -1 }, lockTimeoutMs: 1.5, lazyMigrate: true }))(),
+      (async () =>
+        createTenantClient({ knex: tk.knex, cache: { max: 0, ttlMs: -1 }, lockTimeoutMs: 1.5, lazyMigrate: true }))(),
       ConfigError,
     );
     expect(error.problems).toHaveLength(4);
-    expect(error.problems.join('\n')).toMatch(/cache\.max[\s\S]*cache\.ttlMs[\s\S]*lockTimeoutMs[\s\S]*lazyMigrate needs migrations/);
+    expect(error.problems.join('\n')).toMatch(
+      /cache\.max[\s\S]*cache\.ttlMs[\s\S]*lockTimeoutMs[\s\S]*lazyMigrate needs migrations/,
+    );
 
     await tk.knex.raw('alter table public.tenants rename to tenants_away');
     try {
-      await expectRejection(createTenantClient({ knex: tk.knex }).withTenant('org_load_00', async () => undefined), RegistryMissingError);
+      await expectRejection(
+        createTenantClient({ knex: tk.knex }).withTenant('org_load_00', async () => undefined),
+        RegistryMissingError,
+      );
     } finally {
       await tk.knex.raw('alter table public.tenants_away rename to tenants');
     }
@@ -377,14 +436,30 @@ describe('lazy migration', () => {
     });
     const source = sourceOf([...base, notes]);
     const events: LazyMigrationEvent[] = [];
-    const tenants = createTenantClient({ knex: tk.knex, migrations: source, onLazyMigration: (e) => void events.push(e) });
+    const tenants = createTenantClient({
+      knex: tk.knex,
+      migrations: source,
+      onLazyMigration: (e) => void events.push(e),
+    });
 
-    const write = (orgId: string, body: string) => (trx: Knex.Transaction) => trx('notes').insert({ body }).returning('id');
-    const results = await Promise.all([tenants.withTenant(one, write(one, 'first')), tenants.withTenant(one, write(one, 'second'))]);
+    const write = (_orgId: string, body: string) => (trx: Knex.Transaction) =>
+      trx('notes').insert({ body }).returning('id');
+    const results = await Promise.all([
+      tenants.withTenant(one, write(one, 'first')),
+      tenants.withTenant(one, write(one, 'second')),
+    ]);
     expect(results.flat()).toHaveLength(2);
     expect(ups).toBe(1);
     expect(tenants.stats().lazyMigrationRuns).toBe(1);
-    expect(events).toEqual([expect.objectContaining({ orgId: one, schema: schema(one), outcome: 'migrated', migrations: ['003_notes.ts'], error: null })]);
+    expect(events).toEqual([
+      expect.objectContaining({
+        orgId: one,
+        schema: schema(one),
+        outcome: 'migrated',
+        migrations: ['003_notes.ts'],
+        error: null,
+      }),
+    ]);
     const tracked = await tk.knex.withSchema(schema(one)).table('knex_migrations_tenant').select('name').orderBy('id');
     expect(tracked.map((r) => r.name)).toEqual(['001_users.ts', '002_settings.ts', '003_notes.ts']);
 
@@ -394,12 +469,18 @@ describe('lazy migration', () => {
 
     // Two processes (two clients) racing on a tenant: the schema lock lets one migrate, the other finds it done.
     const other: LazyMigrationEvent[] = [];
-    const second = createTenantClient({ knex: tk.knex, migrations: source, onLazyMigration: (e) => void other.push(e) });
+    const second = createTenantClient({
+      knex: tk.knex,
+      migrations: source,
+      onLazyMigration: (e) => void other.push(e),
+    });
     await Promise.all([tenants.withTenant(two, write(two, 'a')), second.withTenant(two, write(two, 'b'))]);
     expect(ups).toBe(2); // one for each tenant
     const outcomes = [...events.slice(1), ...other].map((e) => e.outcome).sort();
     expect(outcomes).toEqual(['migrated', 'up-to-date']);
-    expect(await tk.knex.withSchema(schema(two)).table('notes').count<{ count: string }[]>('* as count')).toEqual([{ count: '2' }]);
+    expect(await tk.knex.withSchema(schema(two)).table('notes').count<{ count: string }[]>('* as count')).toEqual([
+      { count: '2' },
+    ]);
   });
 
   it('reports a failed lazy migration, serves the tenant at its current version and retries after the TTL', async () => {
@@ -420,10 +501,20 @@ describe('lazy migration', () => {
       clock: () => now,
       onLazyMigrationError: (e) => void failures.push(e),
     });
-    const read = (trx: Knex.Transaction): Promise<string | null> => trx.raw("select to_regclass('half_done')::text as t, to_regclass('users')::text as u").then((r) => r.rows[0].t ?? r.rows[0].u);
+    const read = (trx: Knex.Transaction): Promise<string | null> =>
+      trx
+        .raw("select to_regclass('half_done')::text as t, to_regclass('users')::text as u")
+        .then((r) => r.rows[0].t ?? r.rows[0].u);
 
     expect(await tenants.withTenant(orgId, read)).toBe('users'); // served, at the version it has
-    expect(failures).toEqual([expect.objectContaining({ orgId, outcome: 'failed', migrations: [], error: expect.objectContaining({ migration: '005_broken.ts' }) })]);
+    expect(failures).toEqual([
+      expect.objectContaining({
+        orgId,
+        outcome: 'failed',
+        migrations: [],
+        error: expect.objectContaining({ migration: '005_broken.ts' }),
+      }),
+    ]);
     expect(failures[0]!.error!.message).toMatch(/this migration is broken/);
     const row = await tk.knex('tenants').where({ clerk_org_id: orgId }).first();
     expect(row.last_migration_error).toMatch(/005_broken\.ts.*this migration is broken/);
@@ -437,7 +528,11 @@ describe('lazy migration', () => {
     expect(tenants.stats()).toMatchObject({ lazyMigrationRuns: 2, lazyMigrationFailures: 2 });
 
     // Once the broken file is gone (a fixed deploy), the next process's run clears the recorded error.
-    const fixed = createTenantClient({ knex: tk.knex, migrations: sourceOf(base), onLazyMigrationError: (e) => void failures.push(e) });
+    const fixed = createTenantClient({
+      knex: tk.knex,
+      migrations: sourceOf(base),
+      onLazyMigrationError: (e) => void failures.push(e),
+    });
     await fixed.withTenant(orgId, read);
     expect(failures).toHaveLength(2);
     expect((await tk.knex('tenants').where({ clerk_org_id: orgId }).first()).last_migration_error).toBeNull();
@@ -452,8 +547,18 @@ describe('examples/clerk-webhook.ts', () => {
     const body = JSON.stringify(payload);
     const id = `msg_${randomBytes(8).toString('hex')}`;
     const timestamp = String(Math.floor(Date.now() / 1000));
-    const signature = createHmac('sha256', Buffer.from(key.slice('whsec_'.length), 'base64')).update(`${id}.${timestamp}.${body}`).digest('base64');
-    return { body, headers: { 'content-type': 'application/json', 'svix-id': id, 'svix-timestamp': timestamp, 'svix-signature': `v1,${signature}` } };
+    const signature = createHmac('sha256', Buffer.from(key.slice('whsec_'.length), 'base64'))
+      .update(`${id}.${timestamp}.${body}`)
+      .digest('base64');
+    return {
+      body,
+      headers: {
+        'content-type': 'application/json',
+        'svix-id': id,
+        'svix-timestamp': timestamp,
+        'svix-signature': `v1,${signature}`,
+      },
+    };
   }
 
   async function serve(handler: Handler, cb: (url: string) => Promise<void>): Promise<void> {
@@ -471,13 +576,24 @@ describe('examples/clerk-webhook.ts', () => {
     const logs: string[] = [];
     const handler = clerkWebhookHandler({ toolkit: tk, signingSecret: secret, log: (l) => void logs.push(l) });
     await serve(handler, async (url) => {
-      const created = signed({ type: 'organization.created', object: 'event', data: { id: 'org_hook_1', object: 'organization', name: 'Hook One' } });
-      const forged = signed({ type: 'organization.created', object: 'event', data: { id: 'org_hook_forged', object: 'organization' } }, `whsec_${randomBytes(24).toString('base64')}`);
+      const created = signed({
+        type: 'organization.created',
+        object: 'event',
+        data: { id: 'org_hook_1', object: 'organization', name: 'Hook One' },
+      });
+      const forged = signed(
+        { type: 'organization.created', object: 'event', data: { id: 'org_hook_forged', object: 'organization' } },
+        `whsec_${randomBytes(24).toString('base64')}`,
+      );
       const other = signed({ type: 'user.created', object: 'event', data: { id: 'user_1', object: 'user' } });
 
       const bad = await fetch(`${url}/webhooks/clerk`, { method: 'POST', ...forged });
       expect(bad.status).toBe(400);
-      const unsigned = await fetch(`${url}/webhooks/clerk`, { method: 'POST', body: created.body, headers: { 'content-type': 'application/json' } });
+      const unsigned = await fetch(`${url}/webhooks/clerk`, {
+        method: 'POST',
+        body: created.body,
+        headers: { 'content-type': 'application/json' },
+      });
       expect(unsigned.status).toBe(400);
       expect(await tk.knex('tenants').whereIn('clerk_org_id', ['org_hook_1', 'org_hook_forged'])).toEqual([]);
 
@@ -504,14 +620,20 @@ describe('examples/clerk-webhook.ts', () => {
     });
     const appKit = createToolkit({ knex: tk.knex, config: tk.config, sources: { tenant: sourceOf([orgSettings]) } });
     await provisionAll(['org_app'], appKit);
-    await tk.knex.withSchema(schema('org_app')).table('org_settings').insert({ key: 'theme', value: JSON.stringify('dark') });
-    await tk.knex('tenants').insert({ clerk_org_id: 'org_app_pending', schema_name: 'tid_app_pending', status: 'PROVISIONING' });
+    await tk.knex
+      .withSchema(schema('org_app'))
+      .table('org_settings')
+      .insert({ key: 'theme', value: JSON.stringify('dark') });
+    await tk
+      .knex('tenants')
+      .insert({ clerk_org_id: 'org_app_pending', schema_name: 'tid_app_pending', status: 'PROVISIONING' });
 
     const tenants: TenantClient = createTenantClient({ knex: tk.knex });
     // Stands in for Clerk's session verification, which needs Clerk's servers.
     const handler = settingsHandler({ tenants, orgOf: async (request) => request.headers.get('x-test-org') });
     await serve(handler, async (url) => {
-      const get = (org?: string): Promise<Response> => fetch(`${url}/api/settings`, { headers: org ? { 'x-test-org': org } : {} });
+      const get = (org?: string): Promise<Response> =>
+        fetch(`${url}/api/settings`, { headers: org ? { 'x-test-org': org } : {} });
       const ok = await get('org_app');
       expect(ok.status).toBe(200);
       expect(await ok.json()).toEqual({ settings: [{ key: 'theme', value: 'dark' }] });

@@ -6,8 +6,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openToolkit, type Toolkit } from '../src/index.ts';
-import { folders, runCli, type CliResult } from './helpers/cli.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
 import {
   deployed,
   deployFolder,
@@ -19,6 +17,8 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
+import { type CliResult, folders, runCli } from './helpers/cli.ts';
+import { startEngine, type TestEngine } from './helpers/engine.ts';
 
 const V2 = [...V1, '003_path_probe.ts', '004_member_email.ts'];
 const NEW_IN_V2 = ['003_path_probe.ts', '004_member_email.ts'];
@@ -40,13 +40,21 @@ async function withTk<T>(files: readonly string[], cb: (tk: Toolkit) => Promise<
 }
 
 /** Runs the CLI against this file's database with a tenant folder of these pool files. */
-function cli(args: readonly string[], files: readonly string[], extra: Record<string, string> = {}): Promise<CliResult> {
+function cli(
+  args: readonly string[],
+  files: readonly string[],
+  extra: Record<string, string> = {},
+): Promise<CliResult> {
   return runCli(args, { ...engine.env, ...folders(MASTER, deployFolder(files)), TENANT_EXTENSIONS: '', ...extra });
 }
 
 /** Parses stdout, which must be exactly one JSON document. */
+// biome-ignore lint/suspicious/noExplicitAny: a parsed CLI document, read field by field by the assertions
 function json(result: CliResult): any {
-  expect(() => JSON.parse(result.stdout), `stdout is not one JSON document:\n${result.stdout}\n${result.stderr}`).not.toThrow();
+  expect(
+    () => JSON.parse(result.stdout),
+    `stdout is not one JSON document:\n${result.stdout}\n${result.stderr}`,
+  ).not.toThrow();
   return JSON.parse(result.stdout);
 }
 
@@ -80,7 +88,10 @@ afterAll(async () => {
  * One toolkit session before the CLI runs: drops the previous test's tenants, provisions these
  * with V1 (as deployed earlier) and lets the test prepare data. Returns org id → schema.
  */
-function setup(ids: readonly string[], prepare?: (tk: Toolkit, schemas: Map<string, string>) => Promise<unknown>): Promise<Map<string, string>> {
+function setup(
+  ids: readonly string[],
+  prepare?: (tk: Toolkit, schemas: Map<string, string>) => Promise<unknown>,
+): Promise<Map<string, string>> {
   return withTk(V1, async (tk) => {
     await resetTenants(tk.knex);
     const schemas = await provisionAll(tk, ids);
@@ -99,7 +110,14 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     expect(before.stdout).toContain('Master migrations (public.knex_migrations_master)');
     expect(before.stdout).toMatch(/applied\s+batch 1\s+20261121000001_create_tenants\.ts/);
     for (const id of ids) {
-      expect(statusRow(before.stdout, id)).toEqual([id, schemas.get(id), 'ACTIVE', '2', NEW_IN_V2.join(', '), 'behind']);
+      expect(statusRow(before.stdout, id)).toEqual([
+        id,
+        schemas.get(id),
+        'ACTIVE',
+        '2',
+        NEW_IN_V2.join(', '),
+        'behind',
+      ]);
     }
     expect(lines(before.stdout).at(-1)).toBe('0 up to date, 3 behind, 0 failed');
 
@@ -110,12 +128,18 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     expect(doc.totals).toEqual({ migrated: 3, 'up-to-date': 0, failed: 0, skipped: 0, total: 3 });
     expect(doc.tenants.map((t: { orgId: string }) => t.orgId).sort()).toEqual(ids);
     for (const t of doc.tenants) {
-      expect(t).toMatchObject({ schema: schemas.get(t.orgId), outcome: 'migrated', migrations: NEW_IN_V2, error: null });
+      expect(t).toMatchObject({
+        schema: schemas.get(t.orgId),
+        outcome: 'migrated',
+        migrations: NEW_IN_V2,
+        error: null,
+      });
     }
 
     const after = await cli(['migrate:status'], V2);
     expect(after.code, after.stderr).toBe(0);
-    for (const id of ids) expect(statusRow(after.stdout, id)).toEqual([id, schemas.get(id), 'ACTIVE', '4', '-', 'up-to-date']);
+    for (const id of ids)
+      expect(statusRow(after.stdout, id)).toEqual([id, schemas.get(id), 'ACTIVE', '4', '-', 'up-to-date']);
     expect(lines(after.stdout).at(-1)).toBe('3 up to date, 0 behind, 0 failed');
   });
 
@@ -148,7 +172,12 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
 
   it('exits 1 when a tenant fails, names the tenant, the migration and the error; status shows it until a success clears it', async () => {
     const [a, b, c] = orgIds('boom', 3) as [string, string, string];
-    const schemas = await setup([a, b, c], (tk, s) => tk.knex.withSchema(s.get(b)!).from('members').insert([{ handle: 'dup' }, { handle: 'dup' }]));
+    const schemas = await setup([a, b, c], (tk, s) =>
+      tk.knex
+        .withSchema(s.get(b)!)
+        .from('members')
+        .insert([{ handle: 'dup' }, { handle: 'dup' }]),
+    );
     const sb = schemas.get(b)!;
 
     const run = await cli(['migrate:tenants'], WITH_UNIQUE);
@@ -158,7 +187,9 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     const summary = out.slice(out.indexOf('Failed:'));
     expect(summary).toHaveLength(2);
     expect(summary[1]).toMatch(
-      new RegExp(`^  ${b} \\(${sb}\\): 005_unique_handle\\.ts \\(up\\) failed: .*could not create unique index "members_handle_unique"`),
+      new RegExp(
+        `^  ${b} \\(${sb}\\): 005_unique_handle\\.ts \\(up\\) failed: .*could not create unique index "members_handle_unique"`,
+      ),
     );
 
     const status = await cli(['status'], WITH_UNIQUE);
@@ -192,7 +223,9 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     expect(run.code).toBe(1);
     expect(run.stdout).toMatch(/^3 tenants: 2 migrated, 0 up to date, 1 failed, 0 skipped/m);
     const failed = lines(run.stdout).slice(lines(run.stdout).indexOf('Failed:') + 1);
-    expect(failed).toEqual([expect.stringMatching(new RegExp(`^  ${ids[1]} \\(${lost}\\): schema ${lost} does not exist`))]);
+    expect(failed).toEqual([
+      expect.stringMatching(new RegExp(`^  ${ids[1]} \\(${lost}\\): schema ${lost} does not exist`)),
+    ]);
     // Plain progress (no terminal): one numbered line per tenant that was run or failed, 1/3 to 3/3.
     const progress = lines(run.stdout).filter((l) => l.startsWith('['));
     expect(progress.map((l) => /^\[(\d+)\/(\d+) \((\d+)%\)/.exec(l)?.slice(1))).toEqual([
@@ -206,7 +239,11 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     const ids = orgIds('fast', 4);
     // Every tenant would fail, so whichever goes first fails and, one tenant at a time, no other has started.
     const schemas = await setup(ids, async (tk, s) => {
-      for (const schema of s.values()) await tk.knex.withSchema(schema).from('members').insert([{ handle: 'dup' }, { handle: 'dup' }]);
+      for (const schema of s.values())
+        await tk.knex
+          .withSchema(schema)
+          .from('members')
+          .insert([{ handle: 'dup' }, { handle: 'dup' }]);
     });
 
     const run = await cli(['migrate:tenants', '--fail-fast', '--concurrency', '1', '--json'], WITH_UNIQUE);
@@ -214,12 +251,18 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     const doc = json(run);
     expect(doc.totals).toEqual({ migrated: 0, 'up-to-date': 0, failed: 1, skipped: 3, total: 4 });
     const failed = doc.tenants.filter((t: { outcome: string }) => t.outcome === 'failed');
-    expect(failed).toEqual([expect.objectContaining({ migrations: [], error: expect.objectContaining({ migration: '005_unique_handle.ts' }) })]);
+    expect(failed).toEqual([
+      expect.objectContaining({
+        migrations: [],
+        error: expect.objectContaining({ migration: '005_unique_handle.ts' }),
+      }),
+    ]);
     for (const t of doc.tenants.filter((r: { outcome: string }) => r.outcome === 'skipped')) {
       expect(t).toMatchObject({ migrations: [], error: { message: expect.stringContaining('--fail-fast') } });
     }
     await withTk(V1, async (tk) => {
-      for (const schema of schemas.values()) expect((await tracking(tk.knex, schema)).map((r) => r.name)).toEqual([...V1]);
+      for (const schema of schemas.values())
+        expect((await tracking(tk.knex, schema)).map((r) => r.name)).toEqual([...V1]);
     });
   });
 
@@ -238,7 +281,8 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     expect(run.stdout).toMatch(/^6 tenants: 6 migrated/m);
     const seen = await withTk(files, async (tk) => {
       const counts: number[] = [];
-      for (const schema of schemas.values()) counts.push(...(await tk.knex.withSchema(schema).from('lock_census').pluck('running')));
+      for (const schema of schemas.values())
+        counts.push(...(await tk.knex.withSchema(schema).from('lock_census').pluck('running')));
       return counts;
     });
     expect(seen).toHaveLength(12);
@@ -259,39 +303,62 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
       TENANT_EXTENSIONS: '',
     });
     expect(broken.code).toBe(1);
-    expect(broken.stdout).toMatch(/Master migration failed: 20261201000002_broken\.ts \(up\) failed: .*division by zero/);
+    expect(broken.stdout).toMatch(
+      /Master migration failed: 20261201000002_broken\.ts \(up\) failed: .*division by zero/,
+    );
     expect(broken.stdout).not.toMatch(/tenants:/);
 
     const master = masterFolder(['20261201000001_create_plans.ts']);
-    const run = await runCli(['migrate'], { ...engine.env, ...folders(master, deployFolder(files)), TENANT_EXTENSIONS: '' });
+    const run = await runCli(['migrate'], {
+      ...engine.env,
+      ...folders(master, deployFolder(files)),
+      TENANT_EXTENSIONS: '',
+    });
     expect(run.code, run.stdout + run.stderr).toBe(0);
     const out = lines(run.stdout);
-    const masterLine = out.findIndex((l) => l === 'Applied 1 master migration: 20261201000001_create_plans.ts');
+    const masterLine = out.indexOf('Applied 1 master migration: 20261201000001_create_plans.ts');
     const tenantLine = out.findIndex((l) => l.startsWith('2 tenants: 2 migrated, 0 up to date, 0 failed, 0 skipped'));
     expect(masterLine, run.stdout).toBeGreaterThanOrEqual(0);
     expect(tenantLine, run.stdout).toBeGreaterThan(masterLine);
 
-    const again = await runCli(['migrate', '--json'], { ...engine.env, ...folders(master, deployFolder(files)), TENANT_EXTENSIONS: '' });
+    const again = await runCli(['migrate', '--json'], {
+      ...engine.env,
+      ...folders(master, deployFolder(files)),
+      TENANT_EXTENSIONS: '',
+    });
     expect(again.code, again.stderr).toBe(0);
     const doc = json(again);
-    expect(doc).toMatchObject({ command: 'migrate', master: { outcome: 'up-to-date' }, tenants: { totals: { 'up-to-date': 2, total: 2 } } });
+    expect(doc).toMatchObject({
+      command: 'migrate',
+      master: { outcome: 'up-to-date' },
+      tenants: { totals: { 'up-to-date': 2, total: 2 } },
+    });
 
-    await withTk(files, async (tk) => {
-      for (const schema of schemas.values()) {
-        const rows = await tk.knex.raw('select p.name from ??.subscription s join public.plans p on p.id = s.plan_id', [schema]);
-        expect(rows.rows).toEqual([{ name: 'free' }]);
-      }
-      // Leave master as the other tests expect it (the tenants' foreign keys go first).
-      await resetTenants(tk.knex);
-      const down = await tk.rollbackMaster();
-      expect(down.migrations).toEqual(['20261201000001_create_plans.ts']);
-    }, master);
+    await withTk(
+      files,
+      async (tk) => {
+        for (const schema of schemas.values()) {
+          const rows = await tk.knex.raw(
+            'select p.name from ??.subscription s join public.plans p on p.id = s.plan_id',
+            [schema],
+          );
+          expect(rows.rows).toEqual([{ name: 'free' }]);
+        }
+        // Leave master as the other tests expect it (the tenants' foreign keys go first).
+        await resetTenants(tk.knex);
+        const down = await tk.rollbackMaster();
+        expect(down.migrations).toEqual(['20261201000001_create_plans.ts']);
+      },
+      master,
+    );
   });
 
   it('rollback:tenants reverts the last batch, then every batch with --all; out-of-order files are warned about', async () => {
     const [a, b] = orgIds('back', 2) as [string, string];
     // a got 004 first; 003 arrives later from another branch: a warning, but applied.
-    const schemas = await setup([a, b], (tk) => deployed(tk, [...V1, '004_member_email.ts']).migrateTenants({ orgIds: [a] }));
+    const schemas = await setup([a, b], (tk) =>
+      deployed(tk, [...V1, '004_member_email.ts']).migrateTenants({ orgIds: [a] }),
+    );
     const run = await cli(['migrate:tenants'], V2);
     expect(run.code, run.stderr).toBe(0);
     expect(lines(run.stdout)).toContain(
@@ -306,7 +373,11 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     const all = await cli(['rollback:tenants', '--all', '--json'], V2);
     expect(all.code, all.stderr).toBe(0);
     const doc = json(all);
-    expect(doc).toMatchObject({ command: 'rollback:tenants', direction: 'down', totals: { migrated: 2, failed: 0, total: 2 } });
+    expect(doc).toMatchObject({
+      command: 'rollback:tenants',
+      direction: 'down',
+      totals: { migrated: 2, failed: 0, total: 2 },
+    });
     const byOrg = new Map(doc.tenants.map((t: { orgId: string }) => [t.orgId, t]));
     // Last batch first: a's was 003 alone (batch 3), b's was 003 and 004; --all took the rest.
     expect(byOrg.get(a)).toMatchObject({ migrations: ['004_member_email.ts', '002_settings.ts', '001_members.ts'] });

@@ -7,18 +7,29 @@
  * both processes are waiting on it). The embedded engine admits one process at a time: there the
  * second process must fail at once with one clear line while the first completes untouched.
  */
+
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChildProcess } from 'node:child_process';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openToolkit, type FanoutReport, type Toolkit } from '../src/index.ts';
 import { LOCK_NAMESPACE } from '../src/db/locks.ts';
-import { finished, folders, runCli, startCli, type CliResult } from './helpers/cli.ts';
+import { type FanoutReport, openToolkit, type Toolkit } from '../src/index.ts';
+import {
+  deployed,
+  deployFolder,
+  masterFolder,
+  orgIds,
+  provisionAll,
+  resetTenants,
+  tablesIn,
+  tracking,
+  V1,
+} from './fixtures/fan-kit/kit.ts';
+import { type CliResult, finished, folders, runCli, startCli } from './helpers/cli.ts';
 import { startEngine, type TestEngine } from './helpers/engine.ts';
-import { deployed, deployFolder, masterFolder, orgIds, provisionAll, resetTenants, tablesIn, tracking, V1 } from './fixtures/fan-kit/kit.ts';
 
 const SLOW = [...V1, '008_slow_insert.ts'];
 const MASTER = masterFolder();
@@ -27,7 +38,12 @@ let engine: TestEngine;
 
 async function withTk<T>(cb: (tk: Toolkit) => Promise<T>, overrides: Record<string, string> = {}): Promise<T> {
   const tk = await openToolkit(
-    engine.config({ MASTER_MIGRATIONS_DIR: MASTER, TENANT_MIGRATIONS_DIR: deployFolder(V1), TENANT_EXTENSIONS: '', ...overrides }),
+    engine.config({
+      MASTER_MIGRATIONS_DIR: MASTER,
+      TENANT_MIGRATIONS_DIR: deployFolder(V1),
+      TENANT_EXTENSIONS: '',
+      ...overrides,
+    }),
   );
   try {
     return await cb(tk);
@@ -58,13 +74,19 @@ function start(args: readonly string[], env: Record<string, string>): Running {
 }
 
 /** Polls until `condition` holds; fails at once if a watched process ends first (the deadline only guards a hang). */
-async function until(what: string, condition: () => boolean | Promise<boolean>, watch: readonly Running[] = []): Promise<void> {
+async function until(
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  watch: readonly Running[] = [],
+): Promise<void> {
   const deadline = Date.now() + 100_000;
   while (!(await condition())) {
     for (const run of watch) {
       if (run.child.exitCode !== null || run.child.signalCode !== null) {
         const result = await run.done;
-        throw new Error(`waiting until ${what}: a CLI process ended first (exit ${result.code}):\n${result.stdout}\n${result.stderr}`);
+        throw new Error(
+          `waiting until ${what}: a CLI process ended first (exit ${result.code}):\n${result.stdout}\n${result.stderr}`,
+        );
       }
     }
     if (Date.now() > deadline) throw new Error(`gave up waiting until ${what}`);
@@ -104,7 +126,10 @@ function errorLines(result: CliResult): string[] {
 async function expectAppliedOnce(schemas: Iterable<string>): Promise<void> {
   await withTk(async (tk) => {
     for (const schema of schemas) {
-      expect(await tk.knex.withSchema(schema).from('members').where({ handle: 'slow' }).pluck('handle'), schema).toEqual(['slow']);
+      expect(
+        await tk.knex.withSchema(schema).from('members').where({ handle: 'slow' }).pluck('handle'),
+        schema,
+      ).toEqual(['slow']);
       expect(await tracking(tk.knex, schema), schema).toEqual([
         { name: '001_members.ts', batch: 1 },
         { name: '002_settings.ts', batch: 1 },
@@ -125,7 +150,9 @@ afterAll(async () => {
 });
 
 describe('concurrent tenant runs', () => {
-  it('two migrate:tenants processes at once never apply a migration twice nor interleave on a tenant', { timeout: 240_000 }, async () => {
+  it('two migrate:tenants processes at once never apply a migration twice nor interleave on a tenant', {
+    timeout: 240_000,
+  }, async () => {
     const ids = orgIds('race', 40);
     const schemas = await setup(ids);
 
@@ -137,10 +164,15 @@ describe('concurrent tenant runs', () => {
       await withTk(async (tk) => {
         // Hold every tenant's lock until both processes are blocked on it: then they start racing together.
         await tk.knex.transaction(async (trx) => {
-          for (const schema of schemas.values()) await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [LOCK_NAMESPACE, schema]);
+          for (const schema of schemas.values())
+            await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [LOCK_NAMESPACE, schema]);
           first = start(args, env);
           second = start(args, env);
-          await until('both processes wait on tenant locks (4 workers each)', async () => (await lockWaiters(tk.knex)) === 8, [first, second]);
+          await until(
+            'both processes wait on tenant locks (4 workers each)',
+            async () => (await lockWaiters(tk.knex)) === 8,
+            [first, second],
+          );
         });
       });
       const results = await Promise.all([first.done, second.done]);
@@ -164,12 +196,20 @@ describe('concurrent tenant runs', () => {
       expect(second.code).toBe(1);
       expect(second.stdout).toBe('');
       expect(errorLines(second)).toEqual([
-        expect.stringMatching(new RegExp(`^error: The embedded database at .* is in use by another process \\(pid ${first.child.pid}\\)`)),
+        expect.stringMatching(
+          new RegExp(`^error: The embedded database at .* is in use by another process \\(pid ${first.child.pid}\\)`),
+        ),
       ]);
       writeFileSync(gate, '');
       const result = await first.done;
       expect(result.code, result.stderr).toBe(0);
-      expect((JSON.parse(result.stdout) as FanoutReport).totals).toEqual({ migrated: 40, 'up-to-date': 0, failed: 0, skipped: 0, total: 40 });
+      expect((JSON.parse(result.stdout) as FanoutReport).totals).toEqual({
+        migrated: 40,
+        'up-to-date': 0,
+        failed: 0,
+        skipped: 0,
+        total: 40,
+      });
     }
 
     await expectAppliedOnce(schemas.values());
@@ -179,21 +219,29 @@ describe('concurrent tenant runs', () => {
     const ids = orgIds('twin', 12);
     const schemas = await setup(ids);
 
-    const reports = await withTk(async (tk) => {
-      if (!engine.multiSession) return Promise.all([deployed(tk, SLOW).migrateTenants(), deployed(tk, SLOW).migrateTenants()]);
-      const other = await openToolkit(tk.config);
-      try {
-        let runs!: Promise<[FanoutReport, FanoutReport]>;
-        await tk.knex.transaction(async (trx) => {
-          for (const schema of schemas.values()) await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [LOCK_NAMESPACE, schema]);
-          runs = Promise.all([deployed(tk, SLOW).migrateTenants({ concurrency: 2 }), deployed(other, SLOW).migrateTenants({ concurrency: 2 })]);
-          await until('both runs wait on tenant locks', async () => (await lockWaiters(tk.knex)) === 4);
-        });
-        return await runs;
-      } finally {
-        await other.close();
-      }
-    }, { DB_POOL_MAX: '6' });
+    const reports = await withTk(
+      async (tk) => {
+        if (!engine.multiSession)
+          return Promise.all([deployed(tk, SLOW).migrateTenants(), deployed(tk, SLOW).migrateTenants()]);
+        const other = await openToolkit(tk.config);
+        try {
+          let runs!: Promise<[FanoutReport, FanoutReport]>;
+          await tk.knex.transaction(async (trx) => {
+            for (const schema of schemas.values())
+              await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [LOCK_NAMESPACE, schema]);
+            runs = Promise.all([
+              deployed(tk, SLOW).migrateTenants({ concurrency: 2 }),
+              deployed(other, SLOW).migrateTenants({ concurrency: 2 }),
+            ]);
+            await until('both runs wait on tenant locks', async () => (await lockWaiters(tk.knex)) === 4);
+          });
+          return await runs;
+        } finally {
+          await other.close();
+        }
+      },
+      { DB_POOL_MAX: '6' },
+    );
 
     for (const report of reports) expect(report.totals).toMatchObject({ failed: 0, skipped: 0, total: 12 });
     expect(reports[0].totals.migrated + reports[1].totals.migrated).toBe(12);

@@ -6,18 +6,17 @@
  * tenants-concurrency.test.ts.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { LOCK_NAMESPACE } from '../src/db/locks.ts';
 import {
+  type FanoutReport,
   folderSource,
   openToolkit,
   runSchema,
   schemaNameFor,
-  tenantTarget,
-  type FanoutReport,
   type TenantReport,
   type Toolkit,
+  tenantTarget,
 } from '../src/index.ts';
-import { LOCK_NAMESPACE } from '../src/db/locks.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
 import {
   columnsOf,
   deployed,
@@ -30,6 +29,7 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
+import { startEngine, type TestEngine } from './helpers/engine.ts';
 
 const V2 = [...V1, '003_path_probe.ts', '004_member_email.ts'];
 const NEW_IN_V2 = ['003_path_probe.ts', '004_member_email.ts'];
@@ -42,7 +42,9 @@ let tk: Toolkit;
 beforeAll(async () => {
   engine = await startEngine('tenants');
   // Tenants are provisioned with V1, as if deployed earlier; each test then deploys a folder.
-  tk = await openToolkit(engine.config({ TENANT_MIGRATIONS_DIR: deployFolder(V1), TENANT_EXTENSIONS: '', DB_POOL_MAX: String(POOL_MAX) }));
+  tk = await openToolkit(
+    engine.config({ TENANT_MIGRATIONS_DIR: deployFolder(V1), TENANT_EXTENSIONS: '', DB_POOL_MAX: String(POOL_MAX) }),
+  );
   const master = await tk.migrateMaster();
   expect(master.error).toBeNull();
 });
@@ -124,10 +126,22 @@ describe('migrate:tenants (library)', () => {
     const ids = orgIds('batch', 3);
     const schemas = await provisionAll(tk, ids);
     // Rows that are not ACTIVE are left alone: a provisioning that failed, or one in flight.
-    await tk.knex('tenants').withSchema('public').insert([
-      { clerk_org_id: 'org_batch_failed', schema_name: schemaNameFor('org_batch_failed'), status: 'FAILED', error: 'boom' },
-      { clerk_org_id: 'org_batch_inflight', schema_name: schemaNameFor('org_batch_inflight'), status: 'PROVISIONING' },
-    ]);
+    await tk
+      .knex('tenants')
+      .withSchema('public')
+      .insert([
+        {
+          clerk_org_id: 'org_batch_failed',
+          schema_name: schemaNameFor('org_batch_failed'),
+          status: 'FAILED',
+          error: 'boom',
+        },
+        {
+          clerk_org_id: 'org_batch_inflight',
+          schema_name: schemaNameFor('org_batch_inflight'),
+          status: 'PROVISIONING',
+        },
+      ]);
 
     const report = await deployed(tk, V2).migrateTenants();
 
@@ -136,11 +150,28 @@ describe('migrate:tenants (library)', () => {
     const outcomes = byOrg(report);
     for (const id of ids) {
       const t = outcomes.get(id)!;
-      expect(t).toMatchObject({ outcome: 'migrated', schema: schemas.get(id), migrations: NEW_IN_V2, error: null, warnings: [] });
+      expect(t).toMatchObject({
+        outcome: 'migrated',
+        schema: schemas.get(id),
+        migrations: NEW_IN_V2,
+        error: null,
+        warnings: [],
+      });
     }
-    expect(outcomes.get('org_batch_failed')).toMatchObject({ outcome: 'skipped', error: { message: expect.stringContaining('FAILED') } });
-    expect(outcomes.get('org_batch_inflight')).toMatchObject({ outcome: 'skipped', error: { message: expect.stringContaining('PROVISIONING') } });
-    expect(await rows("select nspname from pg_namespace where nspname in (?, ?)", [schemaNameFor('org_batch_failed'), schemaNameFor('org_batch_inflight')])).toEqual([]);
+    expect(outcomes.get('org_batch_failed')).toMatchObject({
+      outcome: 'skipped',
+      error: { message: expect.stringContaining('FAILED') },
+    });
+    expect(outcomes.get('org_batch_inflight')).toMatchObject({
+      outcome: 'skipped',
+      error: { message: expect.stringContaining('PROVISIONING') },
+    });
+    expect(
+      await rows('select nspname from pg_namespace where nspname in (?, ?)', [
+        schemaNameFor('org_batch_failed'),
+        schemaNameFor('org_batch_inflight'),
+      ]),
+    ).toEqual([]);
 
     for (const schema of schemas.values()) {
       expect(await tracking(tk.knex, schema)).toEqual([
@@ -158,8 +189,14 @@ describe('migrate:tenants (library)', () => {
         `select a.xmin::text as xid from pg_attribute a where a.attrelid = to_regclass(?) and a.attname = 'email'`,
         [`${schema}.members`],
       );
-      const batch2 = await rows<{ xid: string }>(`select distinct xmin::text as xid from ??.knex_migrations_tenant where batch = 2`, [schema]);
-      const batch1 = await rows<{ xid: string }>(`select distinct xmin::text as xid from ??.knex_migrations_tenant where batch = 1`, [schema]);
+      const batch2 = await rows<{ xid: string }>(
+        `select distinct xmin::text as xid from ??.knex_migrations_tenant where batch = 2`,
+        [schema],
+      );
+      const batch1 = await rows<{ xid: string }>(
+        `select distinct xmin::text as xid from ??.knex_migrations_tenant where batch = 1`,
+        [schema],
+      );
       expect(batch2).toEqual([{ xid: probe!.xid }]);
       expect(column!.xid).toBe(probe!.xid);
       expect(batch1.map((r) => r.xid)).not.toContain(probe!.xid);
@@ -179,8 +216,13 @@ describe('migrate:tenants (library)', () => {
     const pids = new Set<number>();
     for (const schema of schemas.values()) {
       // Each tenant's probe landed in its own schema and saw its own path, whichever connection ran it.
-      const probe = await rows<{ search_path: string; current_schema: string; backend_pid: number }>('select * from ??.path_probe', [schema]);
-      expect(probe).toEqual([{ search_path: `"${schema}", public`, current_schema: schema, backend_pid: expect.any(Number) }]);
+      const probe = await rows<{ search_path: string; current_schema: string; backend_pid: number }>(
+        'select * from ??.path_probe',
+        [schema],
+      );
+      expect(probe).toEqual([
+        { search_path: `"${schema}", public`, current_schema: schema, backend_pid: expect.any(Number) },
+      ]);
       pids.add(probe[0]!.backend_pid);
     }
     expect(await tablesIn(tk.knex, 'public')).not.toContain('path_probe');
@@ -203,7 +245,8 @@ describe('migrate:tenants (library)', () => {
 
     expect(report.tenants.map((t) => t.error)).toEqual(report.tenants.map(() => null));
     expect(report.totals).toMatchObject({ migrated: 6, failed: 0 });
-    for (const t of report.tenants) expect(t.migrations).toEqual(['003_path_probe.ts', '006_concurrent_index.ts', '007_session_probe.ts']);
+    for (const t of report.tenants)
+      expect(t.migrations).toEqual(['003_path_probe.ts', '006_concurrent_index.ts', '007_session_probe.ts']);
     for (const schema of schemas.values()) {
       const indexes = await rows<{ valid: boolean }>(
         `select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
@@ -220,7 +263,9 @@ describe('migrate:tenants (library)', () => {
         '007_session_probe.ts',
       ]);
     }
-    expect(await rows("select indexname from pg_indexes where schemaname = 'public' and indexname = 'members_handle_idx'")).toEqual([]);
+    expect(
+      await rows("select indexname from pg_indexes where schemaname = 'public' and indexname = 'members_handle_idx'"),
+    ).toEqual([]);
     expect(await tablesIn(tk.knex, 'public')).not.toContain('session_probe');
     // The session-level path and advisory lock of the dedicated connection were undone.
     await expectPoolClean();
@@ -233,7 +278,11 @@ describe('migrate:tenants (library)', () => {
         { name: '001_members.ts', batch: 1 },
         { name: '002_settings.ts', batch: 1 },
       ]);
-      expect(await rows("select indexname from pg_indexes where schemaname = ? and indexname = 'members_handle_idx'", [schema])).toEqual([]);
+      expect(
+        await rows("select indexname from pg_indexes where schemaname = ? and indexname = 'members_handle_idx'", [
+          schema,
+        ]),
+      ).toEqual([]);
     }
   });
 
@@ -241,7 +290,10 @@ describe('migrate:tenants (library)', () => {
     const [a, b, c] = orgIds('nontxfail', 3) as [string, string, string];
     const schemas = await provisionAll(tk, [a, b, c]);
     const sb = schemas.get(b)!;
-    await tk.knex.withSchema(sb).from('members').insert([{ handle: 'dup' }, { handle: 'dup' }]);
+    await tk.knex
+      .withSchema(sb)
+      .from('members')
+      .insert([{ handle: 'dup' }, { handle: 'dup' }]);
     const files = [...V1, '003_path_probe.ts', '011_unique_handle_concurrently.ts', '012_member_nickname.ts'];
 
     const report = await deployed(tk, files).migrateTenants();
@@ -252,7 +304,11 @@ describe('migrate:tenants (library)', () => {
     // 003 ran in the batch's transaction and committed before the step that cannot be in one;
     // that step failed, and 012 after it never ran.
     const failed = byOrg(report).get(b)!;
-    expect(failed).toMatchObject({ outcome: 'failed', migrations: ['003_path_probe.ts'], error: { migration: '011_unique_handle_concurrently.ts', code: '23505' } });
+    expect(failed).toMatchObject({
+      outcome: 'failed',
+      migrations: ['003_path_probe.ts'],
+      error: { migration: '011_unique_handle_concurrently.ts', code: '23505' },
+    });
     expect(await tracking(tk.knex, sb)).toEqual([
       { name: '001_members.ts', batch: 1 },
       { name: '002_settings.ts', batch: 1 },
@@ -270,8 +326,15 @@ describe('migrate:tenants (library)', () => {
     const schemas = await provisionAll(tk, [a, b, c]);
     const sb = schemas.get(b)!;
     // Only b has data that the unique index of 005 rejects.
-    for (const [id, handles] of [[a, ['dup']], [b, ['dup', 'dup']], [c, ['dup']]] as const) {
-      await tk.knex.withSchema(schemas.get(id)!).from('members').insert(handles.map((handle) => ({ handle })));
+    for (const [id, handles] of [
+      [a, ['dup']],
+      [b, ['dup', 'dup']],
+      [c, ['dup']],
+    ] as const) {
+      await tk.knex
+        .withSchema(schemas.get(id)!)
+        .from('members')
+        .insert(handles.map((handle) => ({ handle })));
     }
     const files = [...V2, '005_unique_handle.ts'];
 
@@ -282,7 +345,11 @@ describe('migrate:tenants (library)', () => {
     expect(outcomes.get(a)).toMatchObject({ outcome: 'migrated', migrations: [...NEW_IN_V2, '005_unique_handle.ts'] });
     expect(outcomes.get(c)).toMatchObject({ outcome: 'migrated', migrations: [...NEW_IN_V2, '005_unique_handle.ts'] });
     const failed = outcomes.get(b)!;
-    expect(failed).toMatchObject({ outcome: 'failed', migrations: [], error: { migration: '005_unique_handle.ts', code: '23505' } });
+    expect(failed).toMatchObject({
+      outcome: 'failed',
+      migrations: [],
+      error: { migration: '005_unique_handle.ts', code: '23505' },
+    });
     expect(failed.error!.message).toMatch(/005_unique_handle\.ts \(up\) failed: .*could not create unique index/);
 
     // b: its earlier migrations of the batch (003, 004) were rolled back with the failing one.
@@ -348,7 +415,8 @@ describe('migrate:tenants (library)', () => {
     const report = await deployed(tk, V2).migrateTenants({ failFast: true, concurrency: 1 });
 
     expect(report.totals).toEqual({ migrated: 0, 'up-to-date': 0, failed: 1, skipped: 2, total: 3 });
-    for (const id of ids.slice(1)) expect((await tracking(tk.knex, schemas.get(id)!)).map((r) => r.name)).toEqual([...V1]);
+    for (const id of ids.slice(1))
+      expect((await tracking(tk.knex, schemas.get(id)!)).map((r) => r.name)).toEqual([...V1]);
   });
 
   it('migrates a tenant registered before the toolkit (ACTIVE row and schema, no tracking table) like any other', async () => {
@@ -357,7 +425,10 @@ describe('migrate:tenants (library)', () => {
     const legacy = 'org_legacy_1';
     const legacySchema = schemaNameFor(legacy);
     await tk.knex.raw('create schema ??', [legacySchema]);
-    await tk.knex('tenants').withSchema('public').insert({ clerk_org_id: legacy, schema_name: legacySchema, status: 'ACTIVE' });
+    await tk
+      .knex('tenants')
+      .withSchema('public')
+      .insert({ clerk_org_id: legacy, schema_name: legacySchema, status: 'ACTIVE' });
 
     const report = await deployed(tk, V2).migrateTenants();
 
@@ -365,7 +436,12 @@ describe('migrate:tenants (library)', () => {
     expect(byOrg(report).get(legacy)).toMatchObject({ outcome: 'migrated', schema: legacySchema, migrations: V2 });
     expect(byOrg(report).get(current)).toMatchObject({ outcome: 'migrated', migrations: NEW_IN_V2 });
     expect(await tracking(tk.knex, legacySchema)).toEqual(V2.map((name) => ({ name, batch: 1 })));
-    expect(await tablesIn(tk.knex, legacySchema)).toEqual(['knex_migrations_tenant', 'members', 'path_probe', 'settings']);
+    expect(await tablesIn(tk.knex, legacySchema)).toEqual([
+      'knex_migrations_tenant',
+      'members',
+      'path_probe',
+      'settings',
+    ]);
     expect(await tracking(tk.knex, schemas.get(current)!)).toHaveLength(4);
     expect(await tablesIn(tk.knex, 'public')).not.toContain('knex_migrations_tenant');
   });
@@ -375,7 +451,9 @@ describe('migrate:tenants (library)', () => {
     const schemas = await provisionAll(tk, [ahead, behind]);
     const sa = schemas.get(ahead)!;
     // `ahead` got 003 from a deploy that was later reverted in the repository.
-    expect((await deployed(tk, [...V1, '003_path_probe.ts']).migrateTenants({ orgIds: [ahead] })).totals.migrated).toBe(1);
+    expect((await deployed(tk, [...V1, '003_path_probe.ts']).migrateTenants({ orgIds: [ahead] })).totals.migrated).toBe(
+      1,
+    );
     const files = [...V1, '004_member_email.ts'];
 
     const report = await deployed(tk, files).migrateTenants();
@@ -392,7 +470,10 @@ describe('migrate:tenants (library)', () => {
     expect(await columnsOf(tk.knex, sa, 'members')).toEqual(['handle', 'id']);
 
     const status = await deployed(tk, files).status();
-    expect(status.tenants.find((t) => t.orgId === ahead)).toMatchObject({ state: 'failed', missing: ['003_path_probe.ts'] });
+    expect(status.tenants.find((t) => t.orgId === ahead)).toMatchObject({
+      state: 'failed',
+      missing: ['003_path_probe.ts'],
+    });
 
     // Rolling back needs the file too.
     const down = await deployed(tk, files).rollbackTenants({ orgIds: [ahead] });
@@ -454,6 +535,7 @@ describe('migrate:tenants (library)', () => {
 
     const again = await v2.migrateTenants();
     expect(again.totals.migrated).toBe(40);
-    for (const schema of schemas) expect(await tracking(tk.knex, schema)).toEqual(V2.map((name) => ({ name, batch: 1 })));
+    for (const schema of schemas)
+      expect(await tracking(tk.knex, schema)).toEqual(V2.map((name) => ({ name, batch: 1 })));
   });
 });

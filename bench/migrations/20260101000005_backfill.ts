@@ -9,8 +9,12 @@ export async function up(knex: Knex): Promise<void> {
     ])
     .onConflict('key')
     .ignore();
-  await knex('users').whereNull('display_name').update({ display_name: knex.raw("split_part(email, '@', 1)") });
-  await knex('users').whereNull('last_seen_at').update({ last_seen_at: knex.ref('created_at') });
+  await knex('users')
+    .whereNull('display_name')
+    .update({ display_name: knex.raw("split_part(email, '@', 1)") });
+  await knex('users')
+    .whereNull('last_seen_at')
+    .update({ last_seen_at: knex.ref('created_at') });
 }
 
 export async function down(knex: Knex): Promise<void> {

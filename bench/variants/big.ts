@@ -1,4 +1,4 @@
-import { commandMeasurements, runCommand, type CommandRun } from '../cli.ts';
+import { type CommandRun, commandMeasurements, runCommand } from '../cli.ts';
 import { seedFleet, verifyFleet } from '../seed.ts';
 import { withFreshDatabase } from '../server.ts';
 import { toolkitEnv } from './toolkit.ts';

@@ -1,14 +1,19 @@
 import type pg from 'pg';
 import type { Statement } from '../capture.ts';
 import { activeSchemas, seedFleet, verifyFleet } from '../seed.ts';
-import { withFreshDatabase, type Server } from '../server.ts';
+import { type Server, withFreshDatabase } from '../server.ts';
 import type { Measurement, Variant } from './types.ts';
 
 /**
  * One tenant's migrations with nothing else: the captured statements in one transaction,
  * the tenant schema first on a transaction-local search path. No lock, no tracking table.
  */
-export async function migrateRaw(client: pg.Client, schema: string, statements: readonly Statement[], createSchema = false): Promise<void> {
+export async function migrateRaw(
+  client: pg.Client,
+  schema: string,
+  statements: readonly Statement[],
+  createSchema = false,
+): Promise<void> {
   await client.query('begin');
   try {
     if (createSchema) await client.query(`create schema ${client.escapeIdentifier(schema)}`);
@@ -26,7 +31,12 @@ export async function migrateRaw(client: pg.Client, schema: string, statements: 
  * concurrency, DB_POOL_MAX), one transaction per tenant. Timed from connecting to the last
  * commit, reading the tenant list included, as the toolkit's run is.
  */
-export async function floorRun(server: Server, database: string, statements: readonly Statement[], connections: number): Promise<void> {
+export async function floorRun(
+  server: Server,
+  database: string,
+  statements: readonly Statement[],
+  connections: number,
+): Promise<void> {
   const clients = await Promise.all(Array.from({ length: connections }, () => server.client(database)));
   try {
     const schemas = await activeSchemas(clients[0]!);

@@ -1,6 +1,6 @@
 import knexFactory from 'knex';
 import { seedFleet, verifyFleet } from '../seed.ts';
-import { BENCH_MIGRATIONS, withFreshDatabase, type Server } from '../server.ts';
+import { BENCH_MIGRATIONS, type Server, withFreshDatabase } from '../server.ts';
 import type { Measurement, Variant } from './types.ts';
 
 /**
@@ -13,7 +13,11 @@ export async function naiveLoop(server: Server, database: string): Promise<void>
   const registry = knexFactory(server.knexConfig(database, 1));
   let schemas: string[];
   try {
-    const rows: { schema_name: string }[] = await registry('tenants').withSchema('public').where('status', 'ACTIVE').orderBy('id').select('schema_name');
+    const rows: { schema_name: string }[] = await registry('tenants')
+      .withSchema('public')
+      .where('status', 'ACTIVE')
+      .orderBy('id')
+      .select('schema_name');
     schemas = rows.map((r) => r.schema_name);
   } finally {
     await registry.destroy();
@@ -21,7 +25,11 @@ export async function naiveLoop(server: Server, database: string): Promise<void>
   for (const schema of schemas) {
     const knex = knexFactory({ ...server.knexConfig(database, 1), searchPath: [schema, 'public'] });
     try {
-      await knex.migrate.latest({ directory: BENCH_MIGRATIONS, tableName: 'knex_migrations_tenant', schemaName: schema });
+      await knex.migrate.latest({
+        directory: BENCH_MIGRATIONS,
+        tableName: 'knex_migrations_tenant',
+        schemaName: schema,
+      });
     } finally {
       await knex.destroy();
     }

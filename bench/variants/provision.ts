@@ -22,7 +22,8 @@ export const provision: Variant = {
           const started = performance.now();
           const report = await toolkit.provisionTenant(`org_prov_${i}`);
           const ms = performance.now() - started;
-          if (report.outcome !== 'provisioned') throw new Error(`provisioning org_prov_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
+          if (report.outcome !== 'provisioned')
+            throw new Error(`provisioning org_prov_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
           if (i > 0) values.push(ms);
         }
       } finally {

@@ -1,6 +1,6 @@
 import { commandMeasurements, runCommand } from '../cli.ts';
 import { benchOverrides, seedFleet, verifyFleet } from '../seed.ts';
-import { withFreshDatabase, type Server } from '../server.ts';
+import { type Server, withFreshDatabase } from '../server.ts';
 import type { Measurement, Variant } from './types.ts';
 
 /** The environment a user would give `pnpm migrate:tenants`: the bench database, the bench migrations, no extensions. */

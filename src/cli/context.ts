@@ -1,6 +1,6 @@
 import pc from 'picocolors';
-import { configFromEnvironment } from '../config/env.ts';
 import { parseDuration, type ToolkitConfig } from '../config/config.ts';
+import { configFromEnvironment } from '../config/env.ts';
 import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { UsageError } from '../errors.ts';
 import { openToolkit, type Toolkit } from '../toolkit.ts';
@@ -43,7 +43,8 @@ export async function withToolkit<T>(options: CommonOptions, cb: (toolkit: Toolk
 function withOverrides(config: ToolkitConfig, options: CommonOptions): ToolkitConfig {
   if (options.lockTimeout === undefined) return config;
   const ms = parseDuration(options.lockTimeout);
-  if (ms === undefined) throw new UsageError(`--lock-timeout must be a duration such as 500ms, 5s or 2m, got "${options.lockTimeout}"`);
+  if (ms === undefined)
+    throw new UsageError(`--lock-timeout must be a duration such as 500ms, 5s or 2m, got "${options.lockTimeout}"`);
   return { ...config, lockTimeoutMs: ms };
 }
 
@@ -51,7 +52,8 @@ function withOverrides(config: ToolkitConfig, options: CommonOptions): ToolkitCo
 export function positiveInteger(flag: string) {
   return (raw: string): number => {
     const value = Number(raw);
-    if (!/^\d+$/.test(raw) || value < 1) throw new UsageError(`${flag} must be a whole number of at least 1, got "${raw}"`);
+    if (!/^\d+$/.test(raw) || value < 1)
+      throw new UsageError(`${flag} must be a whole number of at least 1, got "${raw}"`);
     return value;
   };
 }

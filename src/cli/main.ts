@@ -19,10 +19,19 @@ export async function main(argv: readonly string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const register of [registerMaster, registerMake, registerProvision, registerTenants, registerMigrate, registerStatus, registerDemo]) {
+  for (const register of [
+    registerMaster,
+    registerMake,
+    registerProvision,
+    registerTenants,
+    registerMigrate,
+    registerStatus,
+    registerDemo,
+  ]) {
     register(program);
   }
-  program.commands.forEach((c) => c.exitOverride().option('--verbose', 'show stack traces for errors (also: DEBUG=1)'));
+  for (const c of program.commands)
+    c.exitOverride().option('--verbose', 'show stack traces for errors (also: DEBUG=1)');
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return Number(process.exitCode ?? 0);
@@ -36,7 +45,9 @@ export async function main(argv: readonly string[]): Promise<number> {
 function report(error: unknown, verbose: boolean): number {
   if (error instanceof CommanderError) {
     // Commander has printed its own message; help and version are not errors.
-    return error.exitCode === 0 || error.code === 'commander.helpDisplayed' || error.code === 'commander.version' ? 0 : 2;
+    return error.exitCode === 0 || error.code === 'commander.helpDisplayed' || error.code === 'commander.version'
+      ? 0
+      : 2;
   }
   let known: ToolkitError | undefined = error instanceof ToolkitError ? error : undefined;
   if (!known && isConnectionLoss(error)) known = connectionFailure('the database', error, 'Lost the connection to');

@@ -36,17 +36,24 @@ export function renderMasterRun(out: Output, report: SchemaRunReport): void {
     return;
   }
   const verb = report.direction === 'up' ? 'Applied' : 'Rolled back';
-  if (report.migrations.length === 0) out.line(report.direction === 'up' ? 'Already up to date' : 'Nothing to roll back');
-  else out.line(`${verb} ${report.migrations.length} master migration${report.migrations.length === 1 ? '' : 's'}: ${report.migrations.join(', ')}`);
+  if (report.migrations.length === 0)
+    out.line(report.direction === 'up' ? 'Already up to date' : 'Nothing to roll back');
+  else
+    out.line(
+      `${verb} ${report.migrations.length} master migration${report.migrations.length === 1 ? '' : 's'}: ${report.migrations.join(', ')}`,
+    );
   for (const warning of report.warnings) out.line(pc.yellow(`warning: ${warning}`));
 }
 
 export function renderProvision(out: Output, report: ProvisionReport): void {
   out.document({ command: 'provision:tenant', ...report });
-  if (report.outcome === 'already-active') out.line(`${report.orgId} is already ACTIVE → ${report.schema} (nothing to do)`);
+  if (report.outcome === 'already-active')
+    out.line(`${report.orgId} is already ACTIVE → ${report.schema} (nothing to do)`);
   else if (report.outcome === 'provisioned') {
     const n = report.migrations.length;
-    out.line(`Provisioned ${report.orgId} → ${report.schema} (${n} migration${n === 1 ? '' : 's'}, ${seconds(report.durationMs)})`);
+    out.line(
+      `Provisioned ${report.orgId} → ${report.schema} (${n} migration${n === 1 ? '' : 's'}, ${seconds(report.durationMs)})`,
+    );
   } else out.line(pc.red(`Provisioning ${report.orgId} → ${report.schema} FAILED: ${report.error?.message}`));
 }
 
@@ -54,7 +61,10 @@ export function renderProvision(out: Output, report: ProvisionReport): void {
  * Live progress for a fan-out: a progress bar on a terminal (cli-progress), plain lines for
  * tenants that did something otherwise, nothing at all in `--json` mode.
  */
-export function fanoutProgress(out: Output, verb: string): { onStart(total: number, toRun: number): void; onTenant(report: TenantReport): void; stop(): void } {
+export function fanoutProgress(
+  out: Output,
+  verb: string,
+): { onStart(total: number, toRun: number): void; onTenant(report: TenantReport): void; stop(): void } {
   const tty = Boolean(process.stderr.isTTY) && !out.json;
   let bar: cliProgress.SingleBar | undefined;
   let done = 0;
@@ -64,7 +74,12 @@ export function fanoutProgress(out: Output, verb: string): { onStart(total: numb
       toRun = n;
       if (tty && n > 0) {
         bar = new cliProgress.SingleBar(
-          { stream: process.stderr, format: `${verb} {bar} {value}/{total} tenants | {eta_formatted} left | {tenant}`, hideCursor: true, clearOnComplete: true },
+          {
+            stream: process.stderr,
+            format: `${verb} {bar} {value}/{total} tenants | {eta_formatted} left | {tenant}`,
+            hideCursor: true,
+            clearOnComplete: true,
+          },
           cliProgress.Presets.shades_classic,
         );
         bar.start(n, 0, { tenant: '' });
@@ -76,7 +91,10 @@ export function fanoutProgress(out: Output, verb: string): { onStart(total: numb
       if (bar) bar.update(done, { tenant: report.orgId });
       else if (!out.json) {
         const pct = toRun === 0 ? 100 : Math.floor((done / toRun) * 100);
-        const what = report.outcome === 'failed' ? pc.red(`FAILED: ${report.error?.message}`) : `${report.migrations.length} migration(s)`;
+        const what =
+          report.outcome === 'failed'
+            ? pc.red(`FAILED: ${report.error?.message}`)
+            : `${report.migrations.length} migration(s)`;
         out.line(`[${done}/${toRun} (${pct}%) ${report.orgId} ${report.schema}] ${what}`);
       }
     },
@@ -95,7 +113,8 @@ export function renderFanout(out: Output, command: string, report: FanoutReport)
       `${t.failed} failed, ${t.skipped} skipped (${seconds(report.durationMs)})`,
   );
   for (const tenant of report.tenants) {
-    for (const warning of tenant.warnings) out.line(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
+    for (const warning of tenant.warnings)
+      out.line(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
   }
   const failed = report.tenants.filter((r) => r.outcome === 'failed');
   if (failed.length > 0) {
@@ -135,7 +154,8 @@ export function renderStatus(out: Output, report: StatusReport): void {
   const parts = [`${s['up-to-date']} up to date`, `${s.behind} behind`, `${s.failed} failed`];
   if (s['schema-missing'] > 0) parts.push(`${s['schema-missing']} with a missing schema`);
   if (s['not-active'] > 0) parts.push(`${s['not-active']} not active`);
-  if (report.orphans.length > 0) parts.push(`${report.orphans.length} orphan schema${report.orphans.length === 1 ? '' : 's'}`);
+  if (report.orphans.length > 0)
+    parts.push(`${report.orphans.length} orphan schema${report.orphans.length === 1 ? '' : 's'}`);
   out.line();
   out.line(parts.join(', '));
 }
@@ -145,7 +165,10 @@ function table(out: Output, header: readonly string[], rows: readonly (readonly 
   const visible = (s: string): number => s.replace(/\u001b\[[0-9;]*m/g, '').length;
   const widths = header.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))));
   const format = (cells: readonly string[]): string =>
-    cells.map((c, i) => (i === cells.length - 1 ? c : c + ' '.repeat(widths[i]! - visible(c)))).join('  ').trimEnd();
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c + ' '.repeat(widths[i]! - visible(c))))
+      .join('  ')
+      .trimEnd();
   out.line(pc.dim(format(header)));
   for (const row of rows) out.line(format(row));
 }

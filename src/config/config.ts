@@ -70,7 +70,9 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
 
 function parseConnection(env: Env, cwd: string, problems: string[]): ConnectionTarget | undefined {
   const url = nonEmpty(env.DATABASE_URL);
-  const anyDbVar = ['DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'].some((k) => nonEmpty(env[k]) !== undefined);
+  const anyDbVar = ['DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'].some(
+    (k) => nonEmpty(env[k]) !== undefined,
+  );
   if (url === undefined && !anyDbVar) {
     return { kind: 'embedded', dataDir: path.resolve(cwd, nonEmpty(env.PGLITE_DATA_DIR) ?? DEFAULTS.pgliteDataDir) };
   }
@@ -129,7 +131,9 @@ function parseSsl(env: Env, cwd: string, problems: string[]): ToolkitConfigSsl |
       try {
         ca = readFileSync(resolved, 'utf8');
       } catch (error) {
-        problems.push(`DB_SSL_CERT_PATH: cannot read ${resolved} (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+        problems.push(
+          `DB_SSL_CERT_PATH: cannot read ${resolved} (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
+        );
       }
     }
   }

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import dotenv from 'dotenv';
-import { loadConfig, type Env, type ToolkitConfig } from './config.ts';
+import { type Env, loadConfig, type ToolkitConfig } from './config.ts';
 
 /**
  * Reads `.env` (if present) under the real environment, which wins, and validates the result.

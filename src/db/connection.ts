@@ -2,7 +2,7 @@ import knexFactory, { type Knex } from 'knex';
 import type { ConnectionTarget, ToolkitConfig } from '../config/config.ts';
 import { ConnectionError, ToolkitError } from '../errors.ts';
 import type { EmbeddedServer } from './embedded.ts';
-import { networkErrorCode, sqlState, SQLSTATE } from './pg-errors.ts';
+import { networkErrorCode, SQLSTATE, sqlState } from './pg-errors.ts';
 
 /** An open connection pool, and what it points at. Close it with `close()`. */
 export interface Database {
@@ -31,7 +31,10 @@ const quietLog = {
 export function knexConfigFor(target: ConnectionTarget & { kind: 'server' }, poolMax: number): Knex.Config {
   const ssl = target.ssl === false ? undefined : { ...target.ssl };
   const connection: Knex.PgConnectionConfig = target.connectionString
-    ? { connectionString: ssl ? withoutSslParams(target.connectionString) : target.connectionString, ...(ssl ? { ssl } : {}) }
+    ? {
+        connectionString: ssl ? withoutSslParams(target.connectionString) : target.connectionString,
+        ...(ssl ? { ssl } : {}),
+      }
     : {
         host: target.host,
         port: target.port,
@@ -118,7 +121,11 @@ export async function openDatabase(config: ToolkitConfig, options: OpenOptions =
 }
 
 /** Runs `cb` with an open database and always closes it. */
-export async function withDatabase<T>(config: ToolkitConfig, cb: (db: Database) => Promise<T>, options: OpenOptions = {}): Promise<T> {
+export async function withDatabase<T>(
+  config: ToolkitConfig,
+  cb: (db: Database) => Promise<T>,
+  options: OpenOptions = {},
+): Promise<T> {
   const db = await openDatabase(config, options);
   try {
     return await cb(db);
@@ -137,7 +144,9 @@ export function isConnectionLoss(error: unknown): boolean {
   if (state && (state.startsWith('08') || ['57P01', '57P02', '57P03'].includes(state))) return true;
   if (networkErrorCode(error)) return true;
   const message = (error as Error | undefined)?.message ?? '';
-  return /Connection terminated|not queryable|Client has encountered a connection error|terminating connection/i.test(message);
+  return /Connection terminated|not queryable|Client has encountered a connection error|terminating connection/i.test(
+    message,
+  );
 }
 
 /** Turns a driver error met while connecting into one line naming the server and the reason. */
@@ -148,7 +157,8 @@ export function connectionFailure(where: string, error: unknown, verb = 'Cannot 
   const detail = (error as Error | undefined)?.message?.split('\n')[0] ?? String(error);
   let reason: string;
   if (network) reason = `${network}${detail.includes(network) ? '' : ` (${detail})`}`;
-  else if (state === SQLSTATE.INVALID_PASSWORD || state === SQLSTATE.INVALID_AUTHORIZATION) reason = `authentication failed: ${detail}`;
+  else if (state === SQLSTATE.INVALID_PASSWORD || state === SQLSTATE.INVALID_AUTHORIZATION)
+    reason = `authentication failed: ${detail}`;
   else if (state === SQLSTATE.INVALID_CATALOG_NAME) reason = detail;
   else if (/timeout/i.test(detail)) reason = `timed out (${detail})`;
   else reason = detail;

@@ -66,7 +66,9 @@ export async function startEmbedded(dataDir: string): Promise<EmbeddedServer> {
   const shown = path.resolve(dataDir);
   const key = prepareFolder(shown);
   if (openHere.has(key)) {
-    throw new EmbeddedLockedError(`The embedded database at ${shown} is already open in this process (pid ${process.pid}); stop it before starting it again`);
+    throw new EmbeddedLockedError(
+      `The embedded database at ${shown} is already open in this process (pid ${process.pid}); stop it before starting it again`,
+    );
   }
   openHere.add(key); // synchronously, before any await, so that two concurrent calls cannot both pass
 
@@ -131,7 +133,9 @@ async function ensureCreated(dir: string, shown: string): Promise<void> {
   // Files without a database and without our staging folder belong to someone else: never
   // write PostgreSQL files among them (PGlite would).
   if (others.length > 0 && !fs.existsSync(staging)) {
-    throw new UsageError(`The folder ${shown} is not empty and holds no embedded database; set PGLITE_DATA_DIR to a new or empty folder`);
+    throw new UsageError(
+      `The folder ${shown} is not empty and holds no embedded database; set PGLITE_DATA_DIR to a new or empty folder`,
+    );
   }
   // A staging folder means an earlier first start was killed: everything here is its leftovers.
   for (const name of [...others, STAGING_DIR]) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
@@ -184,12 +188,16 @@ async function acquireFolderLock(dir: string, shown: string): Promise<FolderLock
     const holder = readHolder(file);
     if (holder === undefined) continue; // released between our attempt and the read
     if (holder.pid !== undefined && isAlive(holder.pid)) {
-      throw new EmbeddedLockedError(`The embedded database at ${shown} is in use by another process (pid ${holder.pid}); stop it or set PGLITE_DATA_DIR to another folder`);
+      throw new EmbeddedLockedError(
+        `The embedded database at ${shown} is in use by another process (pid ${holder.pid}); stop it or set PGLITE_DATA_DIR to another folder`,
+      );
     }
     if (holder.pid === undefined && holder.ageMs < EMPTY_LOCK_GRACE_MS) await sleep(LOCK_RETRY_MS);
     else await removeStale(dir, shown, holder);
   }
-  throw new EmbeddedLockedError(`Could not lock the embedded database at ${shown}: other processes keep taking it; retry`);
+  throw new EmbeddedLockedError(
+    `Could not lock the embedded database at ${shown}: other processes keep taking it; retry`,
+  );
 }
 
 async function removeStale(dir: string, shown: string, stale: Holder): Promise<void> {
@@ -197,7 +205,9 @@ async function removeStale(dir: string, shown: string, stale: Holder): Promise<v
   if (!createWithPid(takeover)) {
     const other = readHolder(takeover);
     if (other && isGone(other)) {
-      throw new EmbeddedLockedError(`The embedded database at ${shown} has a leftover ${TAKEOVER_FILE} from a process that died (pid ${other.pid ?? 'unknown'}); make sure no process uses the folder, delete that file and retry`);
+      throw new EmbeddedLockedError(
+        `The embedded database at ${shown} has a leftover ${TAKEOVER_FILE} from a process that died (pid ${other.pid ?? 'unknown'}); make sure no process uses the folder, delete that file and retry`,
+      );
     }
     await sleep(LOCK_RETRY_MS); // another process is taking over right now
     return;

@@ -21,14 +21,21 @@ async function exists(knex: Knex): Promise<boolean> {
  * Refuses the run (MigrationSourceError naming the file) when an applied file has changed on
  * disk. Returns the names whose checksum is already recorded.
  */
-export async function verifyChecksums(knex: Knex, scope: ChecksumScope, migrations: readonly Migration[]): Promise<ReadonlySet<string>> {
+export async function verifyChecksums(
+  knex: Knex,
+  scope: ChecksumScope,
+  migrations: readonly Migration[],
+): Promise<ReadonlySet<string>> {
   if (migrations.length === 0 || !(await exists(knex))) return new Set();
   const rows: { name: string; checksum: string }[] = await knex
     .withSchema('public')
     .from(TABLE)
     .select('name', 'checksum')
     .where('scope', scope)
-    .whereIn('name', migrations.map((m) => m.name));
+    .whereIn(
+      'name',
+      migrations.map((m) => m.name),
+    );
   const recorded = new Map(rows.map((row) => [row.name, row.checksum]));
   for (const migration of migrations) {
     const checksum = recorded.get(migration.name);

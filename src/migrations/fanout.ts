@@ -2,9 +2,9 @@ import type { Knex } from 'knex';
 import { UsageError } from '../errors.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { assertRegistry, listTenants, setMigrationError, type Tenant } from '../tenants/registry.ts';
-import { digestOf, planDown, planUp, type Direction } from './plan.ts';
+import { type Direction, digestOf, planDown, planUp } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
-import { runSchema, type RunFailure, type RunSettings, type SchemaRunReport } from './runner.ts';
+import { type RunFailure, type RunSettings, runSchema, type SchemaRunReport } from './runner.ts';
 import type { Migration } from './source.ts';
 import { TENANT_TRACKING_TABLE, tenantTarget } from './targets.ts';
 
@@ -55,7 +55,12 @@ export interface FanoutOptions {
  * own transaction and lock. Never throws for a tenant's failure: it is reported, recorded in
  * the registry for status to show, and the other tenants go on.
  */
-export async function runTenants(knex: Knex, migrations: readonly Migration[], settings: RunSettings, options: FanoutOptions): Promise<FanoutReport> {
+export async function runTenants(
+  knex: Knex,
+  migrations: readonly Migration[],
+  settings: RunSettings,
+  options: FanoutOptions,
+): Promise<FanoutReport> {
   const started = Date.now();
   await assertRegistry(knex);
   const tenants = await selectTenants(knex, options.orgIds, settings.trackDigest ?? false);
@@ -79,10 +84,16 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
   for (const tenant of active) {
     // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
     if (!isTenantSchemaName(tenant.schema)) queue.push(tenant);
-    else if (digestKept && !options.verify && tenant.migrationsDigest === localDigest) preliminary.push(upToDate(tenant));
+    else if (digestKept && !options.verify && tenant.migrationsDigest === localDigest)
+      preliminary.push(upToDate(tenant));
     else scannable.push(tenant);
   }
-  for await (const states of scanSchemas(knex, scannable.map((t) => t.schema), TENANT_TRACKING_TABLE, Math.min(4, options.concurrency))) {
+  for await (const states of scanSchemas(
+    knex,
+    scannable.map((t) => t.schema),
+    TENANT_TRACKING_TABLE,
+    Math.min(4, options.concurrency),
+  )) {
     for (const [schema, state] of states) {
       const tenant = bySchema.get(schema)!;
       // A missing schema is left to the run, which reports it under the tenant's lock like any
@@ -91,7 +102,10 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
         queue.push(tenant);
         continue;
       }
-      const plan = options.direction === 'up' ? planUp(migrations, state.applied) : planDown(migrations, state.applied, options.all ?? false);
+      const plan =
+        options.direction === 'up'
+          ? planUp(migrations, state.applied)
+          : planDown(migrations, state.applied, options.all ?? false);
       // Up to date but with a stale digest: the run (under the tenant's lock) writes the digest.
       const staleDigest = digestKept && tenant.migrationsDigest !== localDigest;
       if (plan.steps.length === 0 && plan.missing.length === 0 && !staleDigest) preliminary.push(upToDate(tenant));
@@ -109,7 +123,9 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
       const tenant = queue[next++]!;
       const t0 = Date.now();
       const run = isTenantSchemaName(tenant.schema)
-        ? await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, options.direction, { all: options.all ?? false })
+        ? await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, options.direction, {
+            all: options.all ?? false,
+          })
         : refusedSchema(tenant.schema, options.direction);
       const report: TenantReport = {
         orgId: tenant.orgId,
@@ -127,17 +143,30 @@ export async function runTenants(knex: Knex, migrations: readonly Migration[], s
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, queue.length)) }, worker));
-  for (const tenant of queue.slice(next)) emit(skipped(tenant, 'not started: --fail-fast stopped the run after a failure'));
-  return { direction: options.direction, tenants: reports, totals: totalsOf(reports), durationMs: Date.now() - started };
+  for (const tenant of queue.slice(next))
+    emit(skipped(tenant, 'not started: --fail-fast stopped the run after a failure'));
+  return {
+    direction: options.direction,
+    tenants: reports,
+    totals: totalsOf(reports),
+    durationMs: Date.now() - started,
+  };
 }
 
-async function selectTenants(knex: Knex, orgIds: readonly string[] | undefined, withDigest: boolean): Promise<Tenant[]> {
+async function selectTenants(
+  knex: Knex,
+  orgIds: readonly string[] | undefined,
+  withDigest: boolean,
+): Promise<Tenant[]> {
   if (orgIds === undefined) return listTenants(knex, { withDigest });
   for (const orgId of orgIds) validateOrgId(orgId);
   const tenants = await listTenants(knex, { orgIds, withDigest });
   const found = new Set(tenants.map((t) => t.orgId));
   const unknown = orgIds.filter((id) => !found.has(id));
-  if (unknown.length > 0) throw new UsageError(`Not registered: ${unknown.join(', ')} (provision them with pnpm provision:tenant)`, { code: 'E_UNKNOWN_TENANT' });
+  if (unknown.length > 0)
+    throw new UsageError(`Not registered: ${unknown.join(', ')} (provision them with pnpm provision:tenant)`, {
+      code: 'E_UNKNOWN_TENANT',
+    });
   return tenants;
 }
 
@@ -183,7 +212,14 @@ function upToDate(tenant: Tenant): TenantReport {
 }
 
 function base(tenant: Tenant): Omit<TenantReport, 'outcome' | 'error'> {
-  return { orgId: tenant.orgId, schema: tenant.schema, status: tenant.status, migrations: [], warnings: [], durationMs: 0 };
+  return {
+    orgId: tenant.orgId,
+    schema: tenant.schema,
+    status: tenant.status,
+    migrations: [],
+    warnings: [],
+    durationMs: 0,
+  };
 }
 
 export function totalsOf(reports: readonly TenantReport[]): Totals {

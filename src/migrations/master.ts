@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
-import { verifyChecksums, recordChecksums } from './checksums.ts';
-import { runSchema, type RunSettings, type SchemaRunReport } from './runner.ts';
+import { recordChecksums, verifyChecksums } from './checksums.ts';
+import { type RunSettings, runSchema, type SchemaRunReport } from './runner.ts';
 import type { Migration } from './source.ts';
 import { MASTER_TARGET } from './targets.ts';
 
@@ -18,7 +18,12 @@ export async function runMaster(
   const recorded = await verifyChecksums(knex, 'master', migrations);
   const report = await runSchema(knex, MASTER_TARGET, migrations, settings, direction, options);
   if (direction === 'up' && report.migrations.length > 0) {
-    await recordChecksums(knex, 'master', migrations.filter((m) => report.migrations.includes(m.name)), recorded);
+    await recordChecksums(
+      knex,
+      'master',
+      migrations.filter((m) => report.migrations.includes(m.name)),
+      recorded,
+    );
   }
   return report;
 }

@@ -7,11 +7,17 @@ import type { Migration } from './source.ts';
  * digest equals the folder's is known up to date without opening its schema.
  */
 export function digestOf(names: Iterable<string>): string {
-  return createHash('md5').update([...names].sort().join('\n'), 'utf8').digest('hex');
+  return createHash('md5')
+    .update([...names].sort().join('\n'), 'utf8')
+    .digest('hex');
 }
 
 /** The set of applied names after `ran` went `direction`. */
-export function appliedAfter(applied: readonly AppliedMigration[], ran: readonly string[], direction: Direction): string[] {
+export function appliedAfter(
+  applied: readonly AppliedMigration[],
+  ran: readonly string[],
+  direction: Direction,
+): string[] {
   const names = new Set(applied.map((row) => row.name));
   for (const name of ran) {
     if (direction === 'up') names.add(name);
@@ -45,6 +51,7 @@ export function planUp(local: readonly Migration[], applied: readonly AppliedMig
   const appliedNames = new Set(applied.map((row) => row.name));
   const localNames = new Set(local.map((m) => m.name));
   const steps = local.filter((m) => !appliedNames.has(m.name));
+  // biome-ignore lint/complexity/useMathMinMax: names are strings, compared as Knex orders them
   const newest = applied.reduce<string>((max, row) => (row.name > max ? row.name : max), '');
   return {
     steps,

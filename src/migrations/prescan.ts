@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { sqlState, SQLSTATE } from '../db/pg-errors.ts';
+import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 
 /** What one catalog pass learns about a schema, without locking it: a hint, re-checked under the lock. */
 export interface SchemaState {
@@ -48,7 +48,11 @@ async function safeChunkSize(knex: Knex): Promise<number> {
 }
 
 /** A schema or tracking table dropped between the catalog query and the read: look again. */
-async function scanChunkRetrying(knex: Knex, schemas: readonly string[], trackingTable: string): Promise<Map<string, SchemaState>> {
+async function scanChunkRetrying(
+  knex: Knex,
+  schemas: readonly string[],
+  trackingTable: string,
+): Promise<Map<string, SchemaState>> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await scanChunk(knex, schemas, trackingTable);
@@ -59,9 +63,15 @@ async function scanChunkRetrying(knex: Knex, schemas: readonly string[], trackin
   }
 }
 
-async function scanChunk(knex: Knex, schemas: readonly string[], trackingTable: string): Promise<Map<string, SchemaState>> {
+async function scanChunk(
+  knex: Knex,
+  schemas: readonly string[],
+  trackingTable: string,
+): Promise<Map<string, SchemaState>> {
   // Map order is the input order (registry order), so a run visits tenants as listed.
-  const states = new Map<string, SchemaState>(schemas.map((schema) => [schema, { exists: false, tracked: false, applied: [] }]));
+  const states = new Map<string, SchemaState>(
+    schemas.map((schema) => [schema, { exists: false, tracked: false, applied: [] }]),
+  );
   const catalog = await knex.raw(
     `select n.nspname as schema, to_regclass(format('%I.%I', n.nspname, ?::text)) is not null as tracked
        from pg_namespace n where n.nspname = any(?::text[])`,
@@ -79,7 +89,10 @@ async function scanChunk(knex: Knex, schemas: readonly string[], trackingTable: 
   const applied = new Map<string, { name: string; batch: number }[]>();
   for (const row of result.rows as { schema: string; name: string; batch: number }[]) {
     let list = applied.get(row.schema);
-    if (!list) applied.set(row.schema, (list = []));
+    if (!list) {
+      list = [];
+      applied.set(row.schema, list);
+    }
     list.push({ name: row.name, batch: Number(row.batch) });
   }
   for (const schema of tracked) states.set(schema, { exists: true, tracked: true, applied: applied.get(schema) ?? [] });

@@ -1,9 +1,9 @@
 import type { Knex } from 'knex';
 import { withDedicatedConnection } from '../db/dedicated.ts';
-import { describeError, ToolkitError } from '../errors.ts';
 import { lockForTransaction, lockSession, unlockSession } from '../db/locks.ts';
 import { sqlState } from '../db/pg-errors.ts';
-import { appliedAfter, digestOf, planDown, planUp, type AppliedMigration, type Direction, type Plan } from './plan.ts';
+import { describeError, ToolkitError } from '../errors.ts';
+import { type AppliedMigration, appliedAfter, type Direction, digestOf, type Plan, planDown, planUp } from './plan.ts';
 import type { Migration } from './source.ts';
 
 /** Where one run happens: the schema that holds the tracking table and goes first on the path. */
@@ -112,11 +112,21 @@ export async function runSchema(
         if (digest) await trx.raw(DIGEST_SQL, [digest([]), target.schema, digest([])]);
         return [];
       }
-      return runSteps(trx, target, progress.plan.steps, direction, progress.plan.batch, { stopAtNonTransactional: false }, digest);
+      return runSteps(
+        trx,
+        target,
+        progress.plan.steps,
+        direction,
+        progress.plan.batch,
+        { stopAtNonTransactional: false },
+        digest,
+      );
     });
     progress.done.push(...committed);
     if (progress.done.length < progress.plan!.steps.length) {
-      await withDedicatedConnection(knex, (conn) => runOutsideTransaction(conn, target, migrations, settings, direction, options, progress));
+      await withDedicatedConnection(knex, (conn) =>
+        runOutsideTransaction(conn, target, migrations, settings, direction, options, progress),
+      );
     }
     return report(target.schema, direction, progress, null);
   } catch (error) {
@@ -138,11 +148,24 @@ export async function migrateInTransaction(
 ): Promise<{ readonly applied: readonly string[]; readonly complete: boolean; readonly batch: number }> {
   const applied = await scopeAndRead(trx, target, settings, options.alreadyLocked ?? false);
   const plan = planFor('up', migrations, applied, false);
-  const done = await runSteps(trx, target, plan.steps, 'up', plan.batch, { stopAtNonTransactional: true }, digestWriter(target, settings, applied, 'up'));
+  const done = await runSteps(
+    trx,
+    target,
+    plan.steps,
+    'up',
+    plan.batch,
+    { stopAtNonTransactional: true },
+    digestWriter(target, settings, applied, 'up'),
+  );
   return { applied: done, complete: done.length === plan.steps.length, batch: plan.batch };
 }
 
-function planFor(direction: Direction, migrations: readonly Migration[], applied: readonly AppliedMigration[], all: boolean): Plan {
+function planFor(
+  direction: Direction,
+  migrations: readonly Migration[],
+  applied: readonly AppliedMigration[],
+  all: boolean,
+): Plan {
   const plan = direction === 'up' ? planUp(migrations, applied) : planDown(migrations, applied, all);
   if (plan.missing.length > 0) throw new MissingFilesError(plan.missing);
   return plan;
@@ -153,7 +176,12 @@ function planFor(direction: Direction, migrations: readonly Migration[], applied
  * schema exists (PostgreSQL would silently skip a missing one and fall through to public),
  * creates the tracking table if needed (race-free: we hold the schema's lock), and reads it.
  */
-async function scopeAndRead(trx: Knex.Transaction, target: SchemaTarget, settings: RunSettings, alreadyLocked = false): Promise<AppliedMigration[]> {
+async function scopeAndRead(
+  trx: Knex.Transaction,
+  target: SchemaTarget,
+  settings: RunSettings,
+  alreadyLocked = false,
+): Promise<AppliedMigration[]> {
   // The lock comes first and alone: lock_timeout must not cut short a wait for another run of ours,
   // and the tracking table must be read in a statement that starts after the lock is granted.
   if (!alreadyLocked) await lockForTransaction(trx, target.schema);
@@ -189,9 +217,15 @@ async function createTrackingTables(trx: Knex.Transaction, target: SchemaTarget)
   if (target.knexLockTable) {
     const lockTable = `${target.trackingTable}_lock`;
     // Knex may have made it already (its own CLI creates both tables); one row, unlocked.
-    await trx.raw('create table if not exists ??.?? ("index" serial primary key, "is_locked" integer)', [target.schema, lockTable]);
+    await trx.raw('create table if not exists ??.?? ("index" serial primary key, "is_locked" integer)', [
+      target.schema,
+      lockTable,
+    ]);
     await trx.raw('insert into ??.?? (is_locked) select 0 where not exists (select 1 from ??.??)', [
-      target.schema, lockTable, target.schema, lockTable,
+      target.schema,
+      lockTable,
+      target.schema,
+      lockTable,
     ]);
   }
 }
@@ -219,12 +253,18 @@ async function runSteps(
 /** Gives the registry digest after some names ran, or nothing when the digest is not kept. */
 type DigestOf = (ran: readonly string[]) => string;
 
-function digestWriter(target: SchemaTarget, settings: RunSettings, applied: readonly AppliedMigration[], direction: Direction): DigestOf | undefined {
+function digestWriter(
+  target: SchemaTarget,
+  settings: RunSettings,
+  applied: readonly AppliedMigration[],
+  direction: Direction,
+): DigestOf | undefined {
   if (!target.registryDigest || !settings.trackDigest) return undefined;
   return (ran) => digestOf(appliedAfter(applied, ran, direction));
 }
 
-const DIGEST_SQL = 'update public.tenants set migrations_digest = ? where schema_name = ? and migrations_digest is distinct from ?';
+const DIGEST_SQL =
+  'update public.tenants set migrations_digest = ? where schema_name = ? and migrations_digest is distinct from ?';
 
 async function runOne(conn: Knex | Knex.Transaction, migration: Migration, direction: Direction): Promise<void> {
   const fn = direction === 'up' ? migration.up : migration.down;
@@ -255,9 +295,18 @@ async function record(
           sql: `insert into ??.?? (name, batch, migration_time) values ${names.map(() => '(?, ?, ?)').join(', ')}`,
           bindings: [target.schema, target.trackingTable, ...names.flatMap((name) => [name, batch, new Date()])],
         }
-      : { sql: 'delete from ??.?? where name = any(?::text[])', bindings: [target.schema, target.trackingTable, [...names]] };
+      : {
+          sql: 'delete from ??.?? where name = any(?::text[])',
+          bindings: [target.schema, target.trackingTable, [...names]],
+        };
   if (digest === undefined) await conn.raw(change.sql, change.bindings);
-  else await conn.raw(`with change as (${change.sql} returning 1) ${DIGEST_SQL}`, [...change.bindings, digest, target.schema, digest]);
+  else
+    await conn.raw(`with change as (${change.sql} returning 1) ${DIGEST_SQL}`, [
+      ...change.bindings,
+      digest,
+      target.schema,
+      digest,
+    ]);
 }
 
 /**
@@ -318,7 +367,8 @@ function report(schema: string, direction: Direction, progress: Progress, error:
     status: done.includes(m.name) ? 'Success' : m.name === failedName ? 'Error' : 'NotExecuted',
   }));
   const outOfOrder = direction === 'up' ? (progress.plan?.outOfOrder ?? []) : [];
-  const warnings = outOfOrder.length > 0 ? [`pending migrations older than the newest applied one: ${outOfOrder.join(', ')}`] : [];
+  const warnings =
+    outOfOrder.length > 0 ? [`pending migrations older than the newest applied one: ${outOfOrder.join(', ')}`] : [];
   if (error !== null) {
     return {
       schema,

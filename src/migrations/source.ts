@@ -58,7 +58,8 @@ function checkDuplicates(files: readonly string[]): void {
   for (const file of files) {
     const stem = file.slice(0, file.length - path.extname(file).length);
     const other = seen.get(stem);
-    if (other !== undefined) throw new MigrationSourceError(`Duplicate migration name ${stem}: ${other} and ${file}`, { file });
+    if (other !== undefined)
+      throw new MigrationSourceError(`Duplicate migration name ${stem}: ${other} and ${file}`, { file });
     seen.set(stem, file);
   }
 }

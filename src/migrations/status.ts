@@ -49,7 +49,11 @@ export async function collectStatus(
   const masterApplied = await readMaster(knex);
   const masterPlan = planUp(master, masterApplied);
   const summary = { 'up-to-date': 0, behind: 0, failed: 0, 'schema-missing': 0, 'not-active': 0, total: 0 };
-  const masterPart = { applied: masterApplied, pending: masterPlan.steps.map((m) => m.name), missing: masterPlan.missing };
+  const masterPart = {
+    applied: masterApplied,
+    pending: masterPlan.steps.map((m) => m.name),
+    missing: masterPlan.missing,
+  };
   let registryExists = true;
   try {
     await assertRegistry(knex);
@@ -60,18 +64,29 @@ export async function collectStatus(
   const tenants = await listTenants(knex);
   const rows: TenantStatusRow[] = [];
   const bySchema = new Map(tenants.map((t) => [t.schema, t]));
-  for await (const states of scanSchemas(knex, tenants.map((t) => t.schema), TENANT_TRACKING_TABLE, options.parallel ?? 1)) {
+  for await (const states of scanSchemas(
+    knex,
+    tenants.map((t) => t.schema),
+    TENANT_TRACKING_TABLE,
+    options.parallel ?? 1,
+  )) {
     for (const [schema, scan] of states) {
       const t = bySchema.get(schema)!;
       const plan = planUp(tenant, scan.applied);
       const state: TenantState =
-        t.status === 'FAILED' ? 'failed'
-        : t.status !== 'ACTIVE' ? 'not-active'
-        : !isTenantSchemaName(schema) ? 'failed'
-        : !scan.exists ? 'schema-missing'
-        : t.lastMigrationError !== null || plan.missing.length > 0 ? 'failed'
-        : plan.steps.length > 0 ? 'behind'
-        : 'up-to-date';
+        t.status === 'FAILED'
+          ? 'failed'
+          : t.status !== 'ACTIVE'
+            ? 'not-active'
+            : !isTenantSchemaName(schema)
+              ? 'failed'
+              : !scan.exists
+                ? 'schema-missing'
+                : t.lastMigrationError !== null || plan.missing.length > 0
+                  ? 'failed'
+                  : plan.steps.length > 0
+                    ? 'behind'
+                    : 'up-to-date';
       summary[state]++;
       summary.total++;
       rows.push({
@@ -82,9 +97,12 @@ export async function collectStatus(
         applied: scan.applied.length,
         pending: plan.steps.map((m) => m.name),
         missing: plan.missing,
-        error: t.status === 'FAILED' ? t.error
-          : !isTenantSchemaName(schema) ? `registry schema name ${JSON.stringify(schema)} is not a tenant schema (tid_ + hex)`
-          : t.lastMigrationError,
+        error:
+          t.status === 'FAILED'
+            ? t.error
+            : !isTenantSchemaName(schema)
+              ? `registry schema name ${JSON.stringify(schema)} is not a tenant schema (tid_ + hex)`
+              : t.lastMigrationError,
       });
     }
   }
@@ -94,7 +112,9 @@ export async function collectStatus(
 }
 
 async function readMaster(knex: Knex): Promise<{ name: string; batch: number }[]> {
-  const result = await knex.raw('select to_regclass(?) is not null as present', [`public.${MASTER_TARGET.trackingTable}`]);
+  const result = await knex.raw('select to_regclass(?) is not null as present', [
+    `public.${MASTER_TARGET.trackingTable}`,
+  ]);
   if (!result.rows[0]?.present) return [];
   const rows = await knex.withSchema('public').from(MASTER_TARGET.trackingTable).select('name', 'batch').orderBy('id');
   return rows.map((r: { name: string; batch: number }) => ({ name: r.name, batch: Number(r.batch) }));

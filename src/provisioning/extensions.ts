@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { EXTENSIONS_LOCK, lockForTransaction } from '../db/locks.ts';
-import { sqlState, SQLSTATE } from '../db/pg-errors.ts';
+import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { ToolkitError } from '../errors.ts';
 
 export class ExtensionUnavailableError extends ToolkitError {
@@ -39,10 +39,14 @@ function explain(name: string, error: unknown): ToolkitError {
   const state = sqlState(error);
   const turnOff = 'or set TENANT_EXTENSIONS to the extensions you need (empty for none)';
   if (state === SQLSTATE.UNDEFINED_FILE || state === SQLSTATE.FEATURE_NOT_SUPPORTED) {
-    const install = name === 'vector'
-      ? 'install pgvector on the server (Debian/Ubuntu: apt install postgresql-<version>-pgvector; RDS and most managed services ship it) '
-      : `install the ${name} extension on the server `;
-    return new ExtensionUnavailableError(`The PostgreSQL server has no "${name}" extension: ${install}${turnOff}`, error);
+    const install =
+      name === 'vector'
+        ? 'install pgvector on the server (Debian/Ubuntu: apt install postgresql-<version>-pgvector; RDS and most managed services ship it) '
+        : `install the ${name} extension on the server `;
+    return new ExtensionUnavailableError(
+      `The PostgreSQL server has no "${name}" extension: ${install}${turnOff}`,
+      error,
+    );
   }
   if (state === SQLSTATE.INSUFFICIENT_PRIVILEGE) {
     return new ExtensionUnavailableError(

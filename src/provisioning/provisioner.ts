@@ -2,16 +2,22 @@ import type { Knex } from 'knex';
 import { lockForTransaction } from '../db/locks.ts';
 import { describeError, ToolkitError } from '../errors.ts';
 import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
-import { MigrationFailedError, migrateInTransaction, runSchema, type RunFailure, type RunSettings } from '../migrations/runner.ts';
+import {
+  MigrationFailedError,
+  migrateInTransaction,
+  type RunFailure,
+  type RunSettings,
+  runSchema,
+} from '../migrations/runner.ts';
 import type { Migration } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
 import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
 import {
   assertRegistry,
-  markTenantFailed,
   claimTenant,
   findTenantByOrgId,
   findTenantBySchema,
+  markTenantFailed,
   registerTenant,
   setTenantStatus,
   type Tenant,
@@ -73,7 +79,11 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   }
   const recorded = memo.verified ?? (await verifyChecksums(knex, 'tenant', options.migrations));
   const tenant = await claim(knex, orgId);
-  const result = (outcome: ProvisionReport['outcome'], migrations: readonly string[], error: unknown = null): ProvisionReport => ({
+  const result = (
+    outcome: ProvisionReport['outcome'],
+    migrations: readonly string[],
+    error: unknown = null,
+  ): ProvisionReport => ({
     orgId,
     schema: tenant.schema,
     outcome,
@@ -105,7 +115,9 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
       // A concurrent provisioner may have finished while we waited for the lock.
       if ((await findTenantByOrgId(trx, orgId))?.status === 'ACTIVE') return undefined;
       await trx.raw('create schema if not exists ??', [tenant.schema]);
-      const run = await migrateInTransaction(trx, target, options.migrations, options.settings, { alreadyLocked: true });
+      const run = await migrateInTransaction(trx, target, options.migrations, options.settings, {
+        alreadyLocked: true,
+      });
       if (run.complete) await setTenantStatus(trx, orgId, 'ACTIVE');
       return run;
     });

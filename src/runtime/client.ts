@@ -1,14 +1,14 @@
 import type { Knex } from 'knex';
-import { parseDuration, DEFAULTS } from '../config/config.ts';
+import { DEFAULTS, parseDuration } from '../config/config.ts';
 import { tenantSearchPath } from '../db/identifiers.ts';
-import { sqlState, SQLSTATE } from '../db/pg-errors.ts';
+import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { ConfigError, describeError, RegistryMissingError } from '../errors.ts';
 import type { MigrationSource } from '../migrations/source.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { findTenantByOrgId } from '../tenants/registry.ts';
 import { ExpiringLru } from './cache.ts';
 import { reasonForStatus, TenantNotFoundError, TenantUnavailableError } from './errors.ts';
-import { LazyMigrator, type LazyMigrationEvent } from './lazy.ts';
+import { type LazyMigrationEvent, LazyMigrator } from './lazy.ts';
 
 export type { LazyMigrationEvent };
 
@@ -114,9 +114,11 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     counters.lookups++;
     const row = await registryQuery(() => findTenantByOrgId(knex, orgId));
     if (!row) throw new TenantNotFoundError(orgId);
-    if (row.status !== 'ACTIVE') throw new TenantUnavailableError(orgId, row.schema, row.status, reasonForStatus(row.status));
+    if (row.status !== 'ACTIVE')
+      throw new TenantUnavailableError(orgId, row.schema, row.status, reasonForStatus(row.status));
     // A hand-edited row pointing at `public` (or anything not derived) is never routed to.
-    if (!isTenantSchemaName(row.schema)) throw new TenantUnavailableError(orgId, row.schema, row.status, 'schema-invalid');
+    if (!isTenantSchemaName(row.schema))
+      throw new TenantUnavailableError(orgId, row.schema, row.status, 'schema-invalid');
     // Only ACTIVE tenants are cached: an org being provisioned must be served as soon as it is ready.
     const tenant: CachedTenant = { orgId, schema: row.schema, lastMigrationError: row.lastMigrationError };
     cache.set(orgId, tenant, settings.ttlMs);
@@ -145,7 +147,9 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
   };
 
   const scope = async (trx: Knex.Transaction, tenant: CachedTenant): Promise<void> => {
-    const result = await registryQuery(() => trx.raw(SCOPE_SQL, [tenantSearchPath(tenant.schema), tenant.schema, tenant.orgId, tenant.schema]));
+    const result = await registryQuery(() =>
+      trx.raw(SCOPE_SQL, [tenantSearchPath(tenant.schema), tenant.schema, tenant.orgId, tenant.schema]),
+    );
     const row = result.rows[0] as { schema_exists: boolean; status: string | null };
     if (row.status === null) {
       cache.delete(tenant.orgId);
@@ -182,7 +186,8 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
           if (!(error instanceof StaleEntry)) throw error;
           // The registry changed under the cache (row deleted or re-pointed): one fresh look says
           // what is true now; a second mismatch means it is changing as we look.
-          if (attempt > 0) throw new TenantNotFoundError(orgId, 'its registry row changed while it was being looked up');
+          if (attempt > 0)
+            throw new TenantNotFoundError(orgId, 'its registry row changed while it was being looked up');
         }
       }
     },
@@ -209,7 +214,8 @@ async function registryQuery<T>(query: () => Promise<T>): Promise<T> {
   try {
     return await query();
   } catch (error) {
-    if (sqlState(error) === SQLSTATE.UNDEFINED_TABLE && /\btenants\b/.test(describeError(error))) throw new RegistryMissingError();
+    if (sqlState(error) === SQLSTATE.UNDEFINED_TABLE && /\btenants\b/.test(describeError(error)))
+      throw new RegistryMissingError();
     throw error;
   }
 }
@@ -224,21 +230,27 @@ interface Settings {
 /** Checks every option in one pass and reports all problems together. */
 function validate(options: TenantClientOptions): Settings {
   const problems: string[] = [];
-  if (!options || typeof (options.knex as unknown) !== 'function') problems.push('knex: pass the application\'s Knex instance');
+  if (!options || typeof (options.knex as unknown) !== 'function')
+    problems.push("knex: pass the application's Knex instance");
   const max = options?.cache?.max ?? DEFAULT_CACHE_MAX;
-  if (!Number.isInteger(max) || max < 1) problems.push(`cache.max must be a whole number of at least 1, got ${String(max)}`);
+  if (!Number.isInteger(max) || max < 1)
+    problems.push(`cache.max must be a whole number of at least 1, got ${String(max)}`);
   const ttlMs = options?.cache?.ttlMs ?? DEFAULT_CACHE_TTL_MS;
-  if (typeof ttlMs !== 'number' || Number.isNaN(ttlMs) || ttlMs < 0) problems.push(`cache.ttlMs must be 0 or more milliseconds, got ${String(ttlMs)}`);
+  if (typeof ttlMs !== 'number' || Number.isNaN(ttlMs) || ttlMs < 0)
+    problems.push(`cache.ttlMs must be 0 or more milliseconds, got ${String(ttlMs)}`);
   const lockTimeoutMs = options?.lockTimeoutMs ?? parseDuration(DEFAULTS.lockTimeout)!;
-  if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 0) problems.push(`lockTimeoutMs must be a whole number of 0 or more, got ${String(lockTimeoutMs)}`);
+  if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 0)
+    problems.push(`lockTimeoutMs must be a whole number of 0 or more, got ${String(lockTimeoutMs)}`);
   const lazyMigrate = options?.lazyMigrate ?? options?.migrations !== undefined;
-  if (lazyMigrate && options?.migrations === undefined) problems.push('lazyMigrate needs migrations (e.g. folderSource(\'tenant-migrations\'))');
+  if (lazyMigrate && options?.migrations === undefined)
+    problems.push("lazyMigrate needs migrations (e.g. folderSource('tenant-migrations'))");
   if (problems.length > 0) throw new ConfigError(problems);
   return { max, ttlMs, lockTimeoutMs, lazyMigrate };
 }
 
 function warnLazyFailure(event: LazyMigrationEvent): void {
   const where = event.error?.migration ? ` at ${event.error.migration}` : '';
-  console.warn(`tenant-migrate: lazy migration of ${event.orgId} (${event.schema}) failed${where}: ${event.error?.message ?? 'unknown error'}; serving it at its current version`);
+  console.warn(
+    `tenant-migrate: lazy migration of ${event.orgId} (${event.schema}) failed${where}: ${event.error?.message ?? 'unknown error'}; serving it at its current version`,
+  );
 }
-

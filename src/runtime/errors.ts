@@ -38,7 +38,11 @@ export class TenantUnavailableError extends TenantAccessError {
   readonly status: string;
 
   constructor(orgId: string, schema: string, status: string, reason: TenantUnavailableReason) {
-    super('E_TENANT_UNAVAILABLE', orgId, `Tenant ${orgId} (${schema}) is unavailable: ${describeReason(reason, status)}`);
+    super(
+      'E_TENANT_UNAVAILABLE',
+      orgId,
+      `Tenant ${orgId} (${schema}) is unavailable: ${describeReason(reason, status)}`,
+    );
     this.reason = reason;
     this.schema = schema;
     this.status = status;

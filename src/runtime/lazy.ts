@@ -1,8 +1,8 @@
 import type { Knex } from 'knex';
-import { describeError, ToolkitError } from '../errors.ts';
 import { sqlState } from '../db/pg-errors.ts';
+import { describeError, ToolkitError } from '../errors.ts';
 import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
-import { runSchema, type RunFailure, type RunSettings } from '../migrations/runner.ts';
+import { type RunFailure, type RunSettings, runSchema } from '../migrations/runner.ts';
 import type { Migration, MigrationSource } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
 import { setMigrationError } from '../tenants/registry.ts';
@@ -60,7 +60,11 @@ export class LazyMigrator {
   }
 
   /** Resolves once the tenant has been brought up to date (or the attempt has failed and been reported). */
-  ensure(tenant: { readonly orgId: string; readonly schema: string; readonly lastMigrationError: string | null }): Promise<void> {
+  ensure(tenant: {
+    readonly orgId: string;
+    readonly schema: string;
+    readonly lastMigrationError: string | null;
+  }): Promise<void> {
     const known = this.#runs.get(tenant.schema);
     if (known) return known;
     // Stored before the first await, so that every concurrent caller finds this very run.
@@ -69,7 +73,11 @@ export class LazyMigrator {
     return run;
   }
 
-  async #run(tenant: { readonly orgId: string; readonly schema: string; readonly lastMigrationError: string | null }): Promise<void> {
+  async #run(tenant: {
+    readonly orgId: string;
+    readonly schema: string;
+    readonly lastMigrationError: string | null;
+  }): Promise<void> {
     this.runs++;
     const started = this.#options.now();
     const { knex, settings } = this.#options;
@@ -78,15 +86,32 @@ export class LazyMigrator {
     try {
       const { migrations, recorded } = await this.#load();
       const report = await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, 'up');
-      event = { ...who, outcome: report.outcome, migrations: report.migrations, error: report.error, durationMs: this.#options.now() - started };
+      event = {
+        ...who,
+        outcome: report.outcome,
+        migrations: report.migrations,
+        error: report.error,
+        durationMs: this.#options.now() - started,
+      };
       if (report.migrations.length > 0) {
         const applied = new Set(report.migrations);
-        await recordChecksums(knex, 'tenant', migrations.filter((m) => applied.has(m.name)), recorded).catch(() => undefined);
+        await recordChecksums(
+          knex,
+          'tenant',
+          migrations.filter((m) => applied.has(m.name)),
+          recorded,
+        ).catch(() => undefined);
       }
     } catch (error) {
       // Only loading (a bad file, a checksum mismatch) or the server itself can land here: runSchema reports, it does not throw.
       const code = error instanceof ToolkitError ? error.code : (sqlState(error) ?? null);
-      event = { ...who, outcome: 'failed', migrations: [], error: { migration: null, message: describeError(error), code }, durationMs: this.#options.now() - started };
+      event = {
+        ...who,
+        outcome: 'failed',
+        migrations: [],
+        error: { migration: null, message: describeError(error), code },
+        durationMs: this.#options.now() - started,
+      };
     }
     // Bookkeeping for `status` (best effort: it must not fail the request). The registry row was
     // read when the tenant was looked up; what this process wrote since is remembered here.

@@ -31,10 +31,14 @@ export function isTenantSchemaName(schema: string): boolean {
  * Throws a UsageError (exit 2) with one line saying what is wrong; nothing has been written yet.
  */
 export function validateOrgId(orgId: unknown): string {
-  if (typeof orgId !== 'string' || orgId.length === 0) throw new UsageError('Invalid org id: it is empty', { code: 'E_ORG_ID' });
-  if (orgId.length > 64) throw new UsageError(`Invalid org id: ${orgId.length} characters, at most 64 allowed`, { code: 'E_ORG_ID' });
+  if (typeof orgId !== 'string' || orgId.length === 0)
+    throw new UsageError('Invalid org id: it is empty', { code: 'E_ORG_ID' });
+  if (orgId.length > 64)
+    throw new UsageError(`Invalid org id: ${orgId.length} characters, at most 64 allowed`, { code: 'E_ORG_ID' });
   if (!ORG_ID.test(orgId)) {
-    throw new UsageError(`Invalid org id ${shown(orgId)}: only letters, digits, "_" and "-" are allowed`, { code: 'E_ORG_ID' });
+    throw new UsageError(`Invalid org id ${shown(orgId)}: only letters, digits, "_" and "-" are allowed`, {
+      code: 'E_ORG_ID',
+    });
   }
   return orgId;
 }
@@ -51,6 +55,7 @@ export function schemaNameFor(orgId: string, digits: number = DEFAULT_HASH_DIGIT
 /** The names tried for an org id, in order: 10 hex digits, then 12, 14, … up to the whole hash. */
 export function candidateSchemaNames(orgId: string): string[] {
   const names: string[] = [];
-  for (let digits = DEFAULT_HASH_DIGITS; digits <= MAX_HASH_DIGITS; digits += 2) names.push(schemaNameFor(orgId, digits));
+  for (let digits = DEFAULT_HASH_DIGITS; digits <= MAX_HASH_DIGITS; digits += 2)
+    names.push(schemaNameFor(orgId, digits));
   return names;
 }

@@ -43,7 +43,9 @@ export function toTenant(row: Record<string, unknown>): Tenant {
     status: String(row.status),
     error: (row.error as string | null) ?? null,
     lastMigrationError: (row.lastMigrationError as string | null) ?? null,
-    ...(row.migrationsDigest === undefined ? {} : { migrationsDigest: (row.migrationsDigest as string | null) ?? null }),
+    ...(row.migrationsDigest === undefined
+      ? {}
+      : { migrationsDigest: (row.migrationsDigest as string | null) ?? null }),
   };
 }
 
@@ -87,7 +89,11 @@ export async function listTenants(
  * already taken; returns the row now registered to the org, or undefined when the schema
  * name belongs to another org (the caller then tries a longer name).
  */
-export async function registerTenant(knex: Knex | Knex.Transaction, orgId: string, schema: string): Promise<Tenant | undefined> {
+export async function registerTenant(
+  knex: Knex | Knex.Transaction,
+  orgId: string,
+  schema: string,
+): Promise<Tenant | undefined> {
   await table(knex)
     .insert({ [COLUMNS.orgId]: orgId, [COLUMNS.schema]: schema, [COLUMNS.status]: 'PROVISIONING' })
     .onConflict()
@@ -118,7 +124,11 @@ export async function markTenantFailed(knex: Knex | Knex.Transaction, orgId: str
 }
 
 /** Records (or clears, with null) the last migration error of a tenant, shown by status. */
-export async function setMigrationError(knex: Knex | Knex.Transaction, schema: string, error: string | null): Promise<void> {
+export async function setMigrationError(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  error: string | null,
+): Promise<void> {
   await table(knex)
     .where(COLUMNS.schema, schema)
     .update({ [COLUMNS.lastMigrationError]: error, updated_at: knex.fn.now() });
@@ -129,8 +139,13 @@ export async function setMigrationError(knex: Knex | Knex.Transaction, schema: s
  * neither is taken and no schema of that name exists, and returns the org's row (new or
  * existing). Undefined means the slow path must decide (name collision, or an orphan schema).
  */
-export async function claimTenant(knex: Knex | Knex.Transaction, orgId: string, schema: string): Promise<Tenant | undefined> {
-  const columns = 'id, clerk_org_id as "orgId", schema_name as "schema", status, error, last_migration_error as "lastMigrationError"';
+export async function claimTenant(
+  knex: Knex | Knex.Transaction,
+  orgId: string,
+  schema: string,
+): Promise<Tenant | undefined> {
+  const columns =
+    'id, clerk_org_id as "orgId", schema_name as "schema", status, error, last_migration_error as "lastMigrationError"';
   const result = await knex.raw(
     `with inserted as (
        insert into public.tenants (clerk_org_id, schema_name, status)

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,11 +17,25 @@ const ENTRY = path.join(ROOT, 'src', 'cli', 'main.ts');
 const TSX = pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
 // Run from an empty folder so that no developer's .env leaks into a test.
 const CWD = mkdtempSync(path.join(os.tmpdir(), 'cli-cwd-'));
-const SCRUBBED = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME', 'DB_SSL', 'PGLITE_DATA_DIR', 'DEBUG'];
+const SCRUBBED = [
+  'DATABASE_URL',
+  'DB_HOST',
+  'DB_PORT',
+  'DB_USER',
+  'DB_PASSWORD',
+  'DB_NAME',
+  'DB_SSL',
+  'PGLITE_DATA_DIR',
+  'DEBUG',
+];
 
 /** Starts the real CLI (`tsx src/cli/main.ts …`) as a child process with exactly this environment on top of PATH etc. */
 export function startCli(args: readonly string[], env: Record<string, string>): ChildProcess {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.includes(k) && !k.startsWith('TENANT_') && !k.startsWith('MASTER_')));
+  const base = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k]) => !SCRUBBED.includes(k) && !k.startsWith('TENANT_') && !k.startsWith('MASTER_'),
+    ),
+  );
   return spawn(process.execPath, ['--import', TSX, ENTRY, ...args], {
     cwd: CWD,
     env: { ...base, FORCE_COLOR: '0', NO_COLOR: '1', ...env },

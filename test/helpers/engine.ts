@@ -50,8 +50,16 @@ async function dockerAnswers(): Promise<boolean> {
   }
 }
 
-async function serverEngine(kind: 'server' | 'container', baseUrl: string, label: string, after: () => Promise<void>): Promise<TestEngine> {
-  const name = `t_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${process.pid}_${Date.now().toString(36)}`.slice(0, 63);
+async function serverEngine(
+  kind: 'server' | 'container',
+  baseUrl: string,
+  label: string,
+  after: () => Promise<void>,
+): Promise<TestEngine> {
+  const name = `t_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${process.pid}_${Date.now().toString(36)}`.slice(
+    0,
+    63,
+  );
   const admin = new pg.Client({ connectionString: baseUrl });
   await admin.connect();
   await admin.query(`create database "${name}"`);

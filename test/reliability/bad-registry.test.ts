@@ -6,8 +6,6 @@
  * tenant migration ever runs outside a tenant schema.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
 import {
   BASE_DIR,
   cliEnv,
@@ -20,6 +18,8 @@ import {
   versionOf,
   withTk,
 } from '../fixtures/rel-support/support.ts';
+import { runCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 const GHOST_SCHEMA = 'tid_0123456789';
 let engine: TestEngine;
@@ -75,7 +75,11 @@ describe('registry rows edited by hand', () => {
       const rows = await registryRows(tk.knex);
       const states = await snapshot(tk.knex);
       const version = (orgId: string) => versionOf(states.get(rows.find((r) => r.orgId === orgId)!.schema)!);
-      expect([version('org_reg_ok'), version('org_reg_archived'), version('org_reg_failed')]).toEqual(['new', 'old', 'old']);
+      expect([version('org_reg_ok'), version('org_reg_archived'), version('org_reg_failed')]).toEqual([
+        'new',
+        'old',
+        'old',
+      ]);
       expect(states.has(GHOST_SCHEMA)).toBe(false);
       expect(await publicTables(tk.knex)).toEqual(publicBefore);
       // The library never throws for them either, in either direction.
@@ -87,7 +91,9 @@ describe('registry rows edited by hand', () => {
   });
 
   it('a row pointing a tenant at public is refused: tenant migrations never run in public', async () => {
-    await withTk(engine, NEXT_DIR, (tk) => tk.knex('tenants').insert({ clerk_org_id: 'org_reg_public', schema_name: 'public', status: 'ACTIVE' }));
+    await withTk(engine, NEXT_DIR, (tk) =>
+      tk.knex('tenants').insert({ clerk_org_id: 'org_reg_public', schema_name: 'public', status: 'ACTIVE' }),
+    );
     try {
       const result = await runCli(['migrate:tenants', '--tenant', 'org_reg_public'], cliEnv(engine, NEXT_DIR));
       expect(hasStack(result.stdout + result.stderr)).toBe(false);

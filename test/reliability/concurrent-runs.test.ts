@@ -10,8 +10,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { schemaNameFor } from '../../src/index.ts';
-import { startCli, type CliResult } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
 import {
   BASE_DIR,
   checksumNames,
@@ -28,6 +26,8 @@ import {
   watch,
   withTk,
 } from '../fixtures/rel-support/support.ts';
+import { type CliResult, startCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 const ORGS = orgIds('org_race', 10);
 const NEW_ORG = 'org_race_new';
@@ -57,7 +57,11 @@ async function expectEachMigrationOnce(newOrg: 'active' | 'absent'): Promise<voi
     const rows = await registryRows(tk.knex);
     for (const orgId of ORGS) {
       const state = states.get(rows.find((r) => r.orgId === orgId)!.schema)!;
-      expect({ orgId, version: versionOf(state), names: state.applied.map((a) => a.split('@')[0]) }).toEqual({ orgId, version: 'new', names: [...NEXT] });
+      expect({ orgId, version: versionOf(state), names: state.applied.map((a) => a.split('@')[0]) }).toEqual({
+        orgId,
+        version: 'new',
+        names: [...NEXT],
+      });
     }
     const fresh = rows.find((r) => r.orgId === NEW_ORG);
     if (newOrg === 'absent') {
@@ -91,7 +95,13 @@ describe('concurrent runs', () => {
         expect(result.code).toBe(1);
         expect(result.stdout).toBe('');
         const errors = result.stderr.split('\n').filter((l) => l.startsWith('error:'));
-        expect(errors).toEqual([expect.stringMatching(new RegExp(`^error: The embedded database at \\S+ is in use by another process \\(pid ${first.child.pid}\\)`))]);
+        expect(errors).toEqual([
+          expect.stringMatching(
+            new RegExp(
+              `^error: The embedded database at \\S+ is in use by another process \\(pid ${first.child.pid}\\)`,
+            ),
+          ),
+        ]);
         expect(hasStack(result.stderr)).toBe(false);
       }
       rmSync(hold);
@@ -115,7 +125,11 @@ describe('concurrent runs', () => {
     // Each tenant was migrated by exactly one of the two runs; the other found it up to date.
     expect(migratedCount(a) + migratedCount(b)).toBe(ORGS.length);
     // One provisioner did the work; the other waited for the lock and found it done.
-    const outcomes = [p1.stdout, p2.stdout].map((out) => (out.startsWith('Provisioned') ? 'provisioned' : out.includes('already ACTIVE') ? 'already-active' : out)).sort();
+    const outcomes = [p1.stdout, p2.stdout]
+      .map((out) =>
+        out.startsWith('Provisioned') ? 'provisioned' : out.includes('already ACTIVE') ? 'already-active' : out,
+      )
+      .sort();
     expect(outcomes).toEqual(['already-active', 'provisioned']);
     await expectEachMigrationOnce('active');
   });

@@ -15,8 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openToolkit } from '../../src/index.ts';
-import { folders, runCli, startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { connectTarget } from '../fixtures/rel-support/network.ts';
 import {
   BASE_DIR,
   cliEnv,
@@ -36,7 +35,8 @@ import {
   watch,
   withTkAt,
 } from '../fixtures/rel-support/support.ts';
-import { connectTarget } from '../fixtures/rel-support/network.ts';
+import { folders, runCli, startCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 const TERMINATED = orgIds('org_term', 5);
 const BLOCKED = orgIds('org_block', 3);
@@ -60,9 +60,16 @@ describe('the connection of a migration dies', () => {
     try {
       // One connection, one tenant at a time: the first tenant hangs in 002_notes.ts; its connection
       // is then killed, and every later tenant needs the pool to open a new one.
-      const env = { ...cliEnv(engine, NEXT_DIR, { REL_HANG_MARKER: marker, REL_HANG_MS: engine.multiSession ? '60000' : '1500' }), ...db.env, DB_POOL_MAX: '1' };
+      const env = {
+        ...cliEnv(engine, NEXT_DIR, { REL_HANG_MARKER: marker, REL_HANG_MS: engine.multiSession ? '60000' : '1500' }),
+        ...db.env,
+        DB_POOL_MAX: '1',
+      };
       const run = watch(startCli(['migrate:tenants', '--concurrency', '1', ...tenantArgs(TERMINATED)], env));
-      await waitFor('a tenant to hang in 002_notes.ts', () => existsSync(marker) && readFileSync(marker, 'utf8') !== '');
+      await waitFor(
+        'a tenant to hang in 002_notes.ts',
+        () => existsSync(marker) && readFileSync(marker, 'utf8') !== '',
+      );
       const hung = readFileSync(marker, 'utf8');
       if (engine.multiSession) {
         const admin = await session(engine);
@@ -94,7 +101,10 @@ describe('the connection of a migration dies', () => {
       await withTkAt(env2, NEXT_DIR, async (tk) => {
         const states = await snapshot(tk.knex);
         for (const row of (await registryRows(tk.knex)).filter((r) => TERMINATED.includes(r.orgId))) {
-          expect({ schema: row.schema, version: versionOf(states.get(row.schema)!) }).toEqual({ schema: row.schema, version: row.schema === hung ? 'old' : 'new' });
+          expect({ schema: row.schema, version: versionOf(states.get(row.schema)!) }).toEqual({
+            schema: row.schema,
+            version: row.schema === hung ? 'old' : 'new',
+          });
           if (row.schema === hung) expect(row.lastMigrationError).toMatch(/connection|terminat/i);
         }
         const status = await tk.status();
@@ -102,7 +112,10 @@ describe('the connection of a migration dies', () => {
       });
 
       // Nothing lost: the next run migrates it and clears its error.
-      const rerun = await runCli(['migrate:tenants', ...tenantArgs(TERMINATED)], { ...cliEnv(engine, NEXT_DIR), ...db.env });
+      const rerun = await runCli(['migrate:tenants', ...tenantArgs(TERMINATED)], {
+        ...cliEnv(engine, NEXT_DIR),
+        ...db.env,
+      });
       expect(rerun.code).toBe(0);
       expect(rerun.stdout).toMatch(/5 tenants: 1 migrated, 4 up to date, 0 failed/);
       expect(Object.values(await versions(await db.restore(), TERMINATED))).toEqual(TERMINATED.map(() => 'new'));
@@ -115,8 +128,13 @@ describe('the connection of a migration dies', () => {
 describe('lock_timeout', () => {
   it('--lock-timeout reaches every migration transaction, with the tenant schema first on the path', async () => {
     const probeDir = path.join(path.dirname(BASE_DIR), 'rel-probe');
-    const result = await runCli(['migrate:tenants', '--lock-timeout', '1s', ...tenantArgs(PROBED)], cliEnv(engine, probeDir));
-    expect(result.stderr).toEqual(engine.multiSession ? '' : expect.stringMatching(/^Using the embedded PostgreSQL[^\n]*\n$/));
+    const result = await runCli(
+      ['migrate:tenants', '--lock-timeout', '1s', ...tenantArgs(PROBED)],
+      cliEnv(engine, probeDir),
+    );
+    expect(result.stderr).toEqual(
+      engine.multiSession ? '' : expect.stringMatching(/^Using the embedded PostgreSQL[^\n]*\n$/),
+    );
     expect(result.code).toBe(0);
     await withTkAt(engine.env, probeDir, async (tk) => {
       for (const row of (await registryRows(tk.knex)).filter((r) => PROBED.includes(r.orgId))) {
@@ -135,9 +153,17 @@ describe('lock_timeout', () => {
       });
       try {
         const before = await snapshot(app.knex);
-        const result = await runCli(['migrate:tenants', '--lock-timeout', '1s', ...tenantArgs(BLOCKED)], cliEnv(engine, NEXT_DIR));
+        const result = await runCli(
+          ['migrate:tenants', '--lock-timeout', '1s', ...tenantArgs(BLOCKED)],
+          cliEnv(engine, NEXT_DIR),
+        );
         expect(result.code).toBe(1);
-        expect(result.stderr).toMatch(new RegExp(`^error: The embedded database at \\S+ is in use by another process \\(pid ${process.pid}\\)`, 'm'));
+        expect(result.stderr).toMatch(
+          new RegExp(
+            `^error: The embedded database at \\S+ is in use by another process \\(pid ${process.pid}\\)`,
+            'm',
+          ),
+        );
         expect(result.stderr.split('\n').filter((l) => l.startsWith('error:'))).toHaveLength(1);
         expect(hasStack(result.stderr)).toBe(false);
         expect(await snapshot(app.knex)).toEqual(before);
@@ -148,16 +174,27 @@ describe('lock_timeout', () => {
     }
     const app = await session(engine);
     try {
-      const blockedSchema = (await app.query('select schema_name from public.tenants where clerk_org_id = $1', [BLOCKED[1]])).rows[0].schema_name;
+      const blockedSchema = (
+        await app.query('select schema_name from public.tenants where clerk_org_id = $1', [BLOCKED[1]])
+      ).rows[0].schema_name;
       // An application transaction that read the table and has not finished: 002's ALTER TABLE needs an exclusive lock.
       await app.query('begin');
       await app.query(`select count(*) from "${blockedSchema}".items`);
-      const result = await runCli(['migrate:tenants', '--lock-timeout', '1s', ...tenantArgs(BLOCKED)], cliEnv(engine, NEXT_DIR));
+      const result = await runCli(
+        ['migrate:tenants', '--lock-timeout', '1s', ...tenantArgs(BLOCKED)],
+        cliEnv(engine, NEXT_DIR),
+      );
       await app.query('rollback');
       expect(result.code).toBe(1);
       expect(result.stdout).toMatch(/3 tenants: 2 migrated, 0 up to date, 1 failed, 0 skipped/);
-      expect(result.stdout).toMatch(new RegExp(`${BLOCKED[1]} \\(${blockedSchema}\\): 002_notes\\.ts \\(up\\) failed: .*lock timeout`));
-      expect(await versions(engine.env, BLOCKED)).toEqual({ [BLOCKED[0]!]: 'new', [BLOCKED[1]!]: 'old', [BLOCKED[2]!]: 'new' });
+      expect(result.stdout).toMatch(
+        new RegExp(`${BLOCKED[1]} \\(${blockedSchema}\\): 002_notes\\.ts \\(up\\) failed: .*lock timeout`),
+      );
+      expect(await versions(engine.env, BLOCKED)).toEqual({
+        [BLOCKED[0]!]: 'new',
+        [BLOCKED[1]!]: 'old',
+        [BLOCKED[2]!]: 'new',
+      });
     } finally {
       await app.end();
     }
@@ -167,7 +204,11 @@ describe('lock_timeout', () => {
 describe('the database is unreachable', () => {
   it('at start: one line naming host:port, exit 1, no stack', async () => {
     const port = await closedPort();
-    const env = { ...cliEnv(engine, NEXT_DIR), DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/app`, PGLITE_DATA_DIR: '' };
+    const env = {
+      ...cliEnv(engine, NEXT_DIR),
+      DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/app`,
+      PGLITE_DATA_DIR: '',
+    };
     for (const args of [['migrate:tenants'], ['provision:tenant', 'org_unreachable'], ['migrate:status']]) {
       const result = await runCli(args, env);
       expect({ args, code: result.code, stdout: result.stdout, stderr: result.stderr }).toEqual({
@@ -177,7 +218,13 @@ describe('the database is unreachable', () => {
         stderr: `error: Cannot connect to PostgreSQL at 127.0.0.1:${port}: ECONNREFUSED\n`,
       });
     }
-    const split = { ...cliEnv(engine, NEXT_DIR), DATABASE_URL: '', DB_HOST: '127.0.0.1', DB_PORT: String(port), PGLITE_DATA_DIR: '' };
+    const split = {
+      ...cliEnv(engine, NEXT_DIR),
+      DATABASE_URL: '',
+      DB_HOST: '127.0.0.1',
+      DB_PORT: String(port),
+      PGLITE_DATA_DIR: '',
+    };
     const result = await runCli(['migrate:tenants'], split);
     expect(result.code).toBe(1);
     expect(result.stderr).toBe(`error: Cannot connect to PostgreSQL at 127.0.0.1:${port}: ECONNREFUSED\n`);

@@ -16,8 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { schemaNameFor } from '../../src/index.ts';
-import { runCli, startCli, type CliResult } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { connectTarget, type Target } from '../fixtures/rel-support/network.ts';
 import {
   BASE_DIR,
   checksumNames,
@@ -38,7 +37,8 @@ import {
   watch,
   withTkAt,
 } from '../fixtures/rel-support/support.ts';
-import { connectTarget, type Target } from '../fixtures/rel-support/network.ts';
+import { type CliResult, runCli, startCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 const STORM = orgIds('org_storm', 8);
 const FANOUT = orgIds('org_cutfan', 3);
@@ -102,10 +102,17 @@ describe('connections dropped while a command runs', () => {
     try {
       // Drop every connection, again and again, until two tenants have failed (checked before
       // each round, so that a slow test process cannot strike once more at the end of the run).
-      const failures = (): number => run.stdout().split('\n').filter((l) => PROGRESS.test(l) && l.includes('FAILED')).length;
+      const failures = (): number =>
+        run
+          .stdout()
+          .split('\n')
+          .filter((l) => PROGRESS.test(l) && l.includes('FAILED')).length;
       await waitFor('two tenants to fail in the storm', async () => {
         if (failures() >= 2 || run.child.exitCode !== null) return true;
-        if (admin) await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()');
+        if (admin)
+          await admin.query(
+            'select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()',
+          );
         else db.proxy!.cut();
         await new Promise((resolve) => setTimeout(resolve, 25));
         return false;
@@ -138,31 +145,41 @@ describe('connections dropped while a command runs', () => {
     { step: 'registering the org', cut: /insert into "?public"?\."?tenants\b/, forward: false },
     { step: 'a migration inside the schema transaction', cut: /^create table "items"/, forward: false },
     { step: 'COMMIT (delivered, its answer lost)', cut: /^COMMIT/, forward: true },
-    { step: 'recording checksums after the commit', cut: /insert into "?public"?\."?knex_migrations_checksums\b/, forward: false },
+    {
+      step: 'recording checksums after the commit',
+      cut: /insert into "?public"?\."?knex_migrations_checksums\b/,
+      forward: false,
+    },
   ];
 
-  it.each(stages.map((s, i) => ({ ...s, i })))('provision:tenant cut at $step: the registry matches the schema, the rerun provisions', async ({ cut, forward, i }) => {
-    const orgId = `org_cutprov_${i}`;
-    const schema = schemaNameFor(orgId);
-    const extra = `004_extra_${i}.ts`;
-    const dir = folderWith(NEXT_DIR, { [extra]: 'export async function up(): Promise<void> {}\n' });
-    const files = [...NEXT, extra];
-    const fired = armCut(db, cut, { forward });
-    const result = await runCli(['provision:tenant', orgId], { ...cliEnv(engine, dir), ...db.env });
-    expect(fired(), result.stdout + result.stderr).toBe(true);
-    // After the commit the tenant may honestly be reported provisioned; before it, the run failed.
-    if (result.code === 0) expect(result.stdout).toMatch(new RegExp(`^Provisioned ${orgId} `));
-    else expectClearFailure(result, where);
-    await expectRegistryMatchesSchema(orgId, files);
+  it.each(stages.map((s, i) => ({ ...s, i })))(
+    'provision:tenant cut at $step: the registry matches the schema, the rerun provisions',
+    async ({ cut, forward, i }) => {
+      const orgId = `org_cutprov_${i}`;
+      const schema = schemaNameFor(orgId);
+      const extra = `004_extra_${i}.ts`;
+      const dir = folderWith(NEXT_DIR, { [extra]: 'export async function up(): Promise<void> {}\n' });
+      const files = [...NEXT, extra];
+      const fired = armCut(db, cut, { forward });
+      const result = await runCli(['provision:tenant', orgId], { ...cliEnv(engine, dir), ...db.env });
+      expect(fired(), result.stdout + result.stderr).toBe(true);
+      // After the commit the tenant may honestly be reported provisioned; before it, the run failed.
+      if (result.code === 0) expect(result.stdout).toMatch(new RegExp(`^Provisioned ${orgId} `));
+      else expectClearFailure(result, where);
+      await expectRegistryMatchesSchema(orgId, files);
 
-    // Provisioning again (here through the library, as an application's webhook would retry) completes it.
-    await withTkAt(db.direct, dir, async (tk) => {
-      expect((await tk.provisionTenant(orgId)).error).toBeNull();
-      expect((await registryRows(tk.knex)).find((r) => r.orgId === orgId)).toMatchObject({ schema, status: 'ACTIVE' });
-      expect((await snapshot(tk.knex)).get(schema)?.applied.map((a) => a.split('@')[0])).toEqual(files);
-      expect(await checksumNames(tk.knex)).toEqual(expect.arrayContaining(files));
-    });
-  });
+      // Provisioning again (here through the library, as an application's webhook would retry) completes it.
+      await withTkAt(db.direct, dir, async (tk) => {
+        expect((await tk.provisionTenant(orgId)).error).toBeNull();
+        expect((await registryRows(tk.knex)).find((r) => r.orgId === orgId)).toMatchObject({
+          schema,
+          status: 'ACTIVE',
+        });
+        expect((await snapshot(tk.knex)).get(schema)?.applied.map((a) => a.split('@')[0])).toEqual(files);
+        expect(await checksumNames(tk.knex)).toEqual(expect.arrayContaining(files));
+      });
+    },
+  );
 
   /** ACTIVE if and only if the schema holds every migration; PROVISIONING or FAILED: no schema; never an orphan. */
   async function expectRegistryMatchesSchema(orgId: string, files: readonly string[]): Promise<void> {
@@ -172,7 +189,10 @@ describe('connections dropped while a command runs', () => {
       const state = (await snapshot(tk.knex)).get(schema);
       const complete = state !== undefined && state.applied.map((a) => a.split('@')[0]).join() === files.join();
       if (row === undefined || row.status !== 'ACTIVE') {
-        expect({ status: row?.status, schemaExists: state !== undefined }).toEqual({ status: row?.status, schemaExists: false });
+        expect({ status: row?.status, schemaExists: state !== undefined }).toEqual({
+          status: row?.status,
+          schemaExists: false,
+        });
       } else {
         expect(complete).toBe(true);
       }
@@ -215,7 +235,9 @@ describe('the database goes away for good', () => {
   it('mid-run: a clear message naming host:port, exit 1, tenants old or new, registry rows untouched; the rerun finishes', async () => {
     const db = await connectTarget(engine, { proxy: engine.multiSession });
     try {
-      const registryBefore = await withTkAt(db.direct, NEXT_DIR, async (tk) => (await registryRows(tk.knex)).filter((r) => GONE.includes(r.orgId)));
+      const registryBefore = await withTkAt(db.direct, NEXT_DIR, async (tk) =>
+        (await registryRows(tk.knex)).filter((r) => GONE.includes(r.orgId)),
+      );
       const where = new URL(db.env.DATABASE_URL!).host;
       const env = { ...cliEnv(engine, NEXT_DIR, { REL_SLEEP_MS: '200' }), ...db.env, DB_POOL_MAX: '1' };
       const run = watch(startCli(['migrate:tenants', '--concurrency', '1', ...tenantArgs(GONE)], env));

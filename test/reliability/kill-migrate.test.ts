@@ -5,8 +5,6 @@
  * rerun finishes the job, applying each migration exactly once.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
 import {
   advisoryLocks,
   BASE_DIR,
@@ -24,6 +22,8 @@ import {
   watch,
   withTk,
 } from '../fixtures/rel-support/support.ts';
+import { startCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 const ORGS = orgIds('org_kill', 30);
 let engine: TestEngine;
@@ -42,7 +42,9 @@ describe('SIGKILL of migrate:tenants mid-run', () => {
     const admin = engine.multiSession ? await session(engine) : undefined;
     try {
       // 150 ms per tenant, at most 3 at once (1 on PGlite): the run lasts a few seconds.
-      const run = watch(startCli(['migrate:tenants', '--concurrency', '3'], cliEnv(engine, NEXT_DIR, { REL_SLEEP_MS: '150' })));
+      const run = watch(
+        startCli(['migrate:tenants', '--concurrency', '3'], cliEnv(engine, NEXT_DIR, { REL_SLEEP_MS: '150' })),
+      );
       const done = await run.lines(PROGRESS, 5);
       if (admin) {
         // Kill while a tenant's transaction holds its advisory lock, so that "no lock left" means something.
@@ -53,7 +55,10 @@ describe('SIGKILL of migrate:tenants mid-run', () => {
 
       if (admin) {
         // The server rolls back a dead client's transaction (once its current statement ends) and frees its locks.
-        await waitFor('the killed run to leave no advisory lock', async () => (await advisoryLocks(admin)).length === 0);
+        await waitFor(
+          'the killed run to leave no advisory lock',
+          async () => (await advisoryLocks(admin)).length === 0,
+        );
         expect(await advisoryLocks(admin)).toEqual([]);
       }
 
@@ -62,14 +67,20 @@ describe('SIGKILL of migrate:tenants mid-run', () => {
       await withTk(engine, NEXT_DIR, async (tk) => {
         const states = await snapshot(tk.knex);
         expect(states.size).toBe(ORGS.length);
-        const versions = [...states.values()].map((s) => ({ schema: s.schema, version: versionOf(s), applied: s.applied }));
+        const versions = [...states.values()].map((s) => ({
+          schema: s.schema,
+          version: versionOf(s),
+          applied: s.applied,
+        }));
         expect(versions.filter((v) => v.version === 'between')).toEqual([]);
         // A tenant whose progress line was printed had committed.
         const bySchema = new Map((await tk.status()).tenants.map((t) => [t.orgId, t.schema]));
         for (const orgId of finishedOrgs) expect(versionOf(states.get(bySchema.get(orgId!)!)!)).toBe('new');
         const status = await tk.status();
         expect(status.orphans).toEqual([]);
-        expect(status.tenants.every((t) => t.status === 'ACTIVE' && (t.state === 'up-to-date' || t.state === 'behind'))).toBe(true);
+        expect(
+          status.tenants.every((t) => t.status === 'ACTIVE' && (t.state === 'up-to-date' || t.state === 'behind')),
+        ).toBe(true);
       });
 
       const rerun = watch(startCli(['migrate:tenants'], cliEnv(engine, NEXT_DIR)));

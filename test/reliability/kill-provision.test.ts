@@ -9,8 +9,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { schemaNameFor } from '../../src/index.ts';
-import { runCli, startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
 import {
   advisoryLocks,
   checksumNames,
@@ -26,6 +24,8 @@ import {
   watch,
   withTk,
 } from '../fixtures/rel-support/support.ts';
+import { runCli, startCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 let engine: TestEngine;
 
@@ -49,7 +49,10 @@ async function expectRegisteredWithoutSchema(orgId: string): Promise<void> {
     expect((await snapshot(tk.knex)).has(schema)).toBe(false);
     const status = await tk.status();
     expect(status.orphans).toEqual([]);
-    expect(status.tenants.find((t) => t.orgId === orgId)).toMatchObject({ state: 'not-active', status: 'PROVISIONING' });
+    expect(status.tenants.find((t) => t.orgId === orgId)).toMatchObject({
+      state: 'not-active',
+      status: 'PROVISIONING',
+    });
   });
 }
 
@@ -65,7 +68,11 @@ async function expectRerunCompletes(orgId: string): Promise<void> {
 async function expectActiveAndComplete(orgId: string): Promise<void> {
   const schema = schemaNameFor(orgId);
   await withTk(engine, NEXT_DIR, async (tk) => {
-    expect((await registryRows(tk.knex)).find((r) => r.orgId === orgId)).toMatchObject({ schema, status: 'ACTIVE', error: null });
+    expect((await registryRows(tk.knex)).find((r) => r.orgId === orgId)).toMatchObject({
+      schema,
+      status: 'ACTIVE',
+      error: null,
+    });
     const state = (await snapshot(tk.knex)).get(schema)!;
     expect(versionOf(state)).toBe('new');
     expect(state.applied).toEqual(NEXT.map((name) => `${name}@1`));
@@ -84,7 +91,9 @@ describe('SIGKILL of provision:tenant', () => {
       // Holding the tenant's lock needs a second session, which PGlite does not have. What a kill
       // at this point leaves is the committed registration alone (the schema transaction has not
       // started): that state, written as registerTenant writes it, must be resumable.
-      await withTk(engine, NEXT_DIR, (tk) => tk.knex('tenants').insert({ clerk_org_id: orgId, schema_name: schema, status: 'PROVISIONING' }));
+      await withTk(engine, NEXT_DIR, (tk) =>
+        tk.knex('tenants').insert({ clerk_org_id: orgId, schema_name: schema, status: 'PROVISIONING' }),
+      );
     } else {
       const holder = await session(engine);
       try {
@@ -99,7 +108,10 @@ describe('SIGKILL of provision:tenant', () => {
       } finally {
         // The killed client's backend gets the lock, finds its client gone and rolls back.
         await holder.query('select pg_advisory_unlock($1, hashtext($2))', [LOCK_NAMESPACE, schema]);
-        await waitFor('the killed provisioner to release the tenant lock', async () => (await advisoryLocks(holder)).length === 0);
+        await waitFor(
+          'the killed provisioner to release the tenant lock',
+          async () => (await advisoryLocks(holder)).length === 0,
+        );
         await holder.end();
       }
     }
@@ -112,7 +124,9 @@ describe('SIGKILL of provision:tenant', () => {
     const marker = path.join(mkdtempSync(path.join(os.tmpdir(), 'rel-marker-')), 'hang');
     // 002_notes.ts writes the marker, then sleeps 2 s inside the provisioning transaction (after
     // creating the schema and applying 001): on a server the killed client's backend ends with it.
-    const run = watch(startCli(['provision:tenant', orgId], cliEnv(engine, NEXT_DIR, { REL_HANG_MARKER: marker, REL_HANG_MS: '2000' })));
+    const run = watch(
+      startCli(['provision:tenant', orgId], cliEnv(engine, NEXT_DIR, { REL_HANG_MARKER: marker, REL_HANG_MS: '2000' })),
+    );
     await waitFor('the provisioner to reach 002_notes.ts', () => existsSync(marker));
     expect(readFileSync(marker, 'utf8')).toBe(schemaNameFor(orgId));
     expect((await run.kill()).signal).toBe('SIGKILL');

@@ -5,9 +5,18 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { provisionTenant, UsageError } from '../../src/index.ts';
+import {
+  BASE_DIR,
+  cliEnv,
+  hasStack,
+  publicTables,
+  registryRows,
+  setUpTenants,
+  snapshot,
+  withTk,
+} from '../fixtures/rel-support/support.ts';
 import { runCli } from '../helpers/cli.ts';
 import { startEngine, type TestEngine } from '../helpers/engine.ts';
-import { BASE_DIR, cliEnv, hasStack, publicTables, registryRows, setUpTenants, snapshot, withTk } from '../fixtures/rel-support/support.ts';
 
 let engine: TestEngine;
 
@@ -72,7 +81,14 @@ describe('bad org ids', () => {
           () => tk.migrateTenants({ orgIds: [orgId] }),
           () => tk.rollbackTenants({ orgIds: ['org_existing', orgId] }),
         ]) {
-          outcomes[label]!.push(outcome(await call().then(() => undefined, (e: unknown) => e)));
+          outcomes[label]!.push(
+            outcome(
+              await call().then(
+                () => undefined,
+                (e: unknown) => e,
+              ),
+            ),
+          );
         }
       }
     });
@@ -83,15 +99,20 @@ describe('bad org ids', () => {
   it('CLI: provision:tenant and migrate:tenants --tenant refuse them with one line and exit 2, writing nothing', async () => {
     const before = await everything();
     const cases: [string[], string][] = [
-      ...BAD.filter(([label]) => ['empty', 'whitespace', 'very long', 'SQL metacharacters', 'an emoji', 'a path'].includes(label)).map(
-        ([label, orgId]) => [['provision:tenant', orgId], label] as [string[], string],
-      ),
+      ...BAD.filter(([label]) =>
+        ['empty', 'whitespace', 'very long', 'SQL metacharacters', 'an emoji', 'a path'].includes(label),
+      ).map(([label, orgId]) => [['provision:tenant', orgId], label] as [string[], string]),
       [['migrate:tenants', '--tenant', 'org_existing', '--tenant', 'org_é'], 'unicode in --tenant'],
     ];
     for (const [args, label] of cases) {
       const result = await runCli(args, cliEnv(engine, BASE_DIR));
       const errors = result.stderr.split('\n').filter((l) => l.startsWith('error:'));
-      expect({ label, code: result.code, stdout: result.stdout, errors: errors.length }).toEqual({ label, code: 2, stdout: '', errors: 1 });
+      expect({ label, code: result.code, stdout: result.stdout, errors: errors.length }).toEqual({
+        label,
+        code: 2,
+        stdout: '',
+        errors: 1,
+      });
       expect(errors[0]).toMatch(/^error: Invalid org id/);
       expect(hasStack(result.stderr)).toBe(false);
     }
@@ -104,7 +125,10 @@ describe('bad org ids', () => {
     expect(sneaky.map(([label]) => label)).toEqual(['a newline', 'a NUL byte', 'a right-to-left override']);
     await withTk(engine, BASE_DIR, async (tk) => {
       for (const [label, orgId] of sneaky) {
-        const error = (await provisionTenant(orgId, { toolkit: tk }).then(() => undefined, (e: unknown) => e)) as Error;
+        const error = (await provisionTenant(orgId, { toolkit: tk }).then(
+          () => undefined,
+          (e: unknown) => e,
+        )) as Error;
         expect({ label, message: error.message }).toEqual({ label, message: expect.not.stringMatching(UNPRINTABLE) });
       }
     });

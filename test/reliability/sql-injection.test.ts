@@ -6,8 +6,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { folderSource, provisionTenant, quoteIdent, runSchema, tenantTarget, UsageError } from '../../src/index.ts';
-import { runCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
 import {
   BASE_DIR,
   cliEnv,
@@ -19,6 +17,8 @@ import {
   snapshot,
   withTk,
 } from '../fixtures/rel-support/support.ts';
+import { runCli } from '../helpers/cli.ts';
+import { startEngine, type TestEngine } from '../helpers/engine.ts';
 
 const PAYLOADS = [
   'x"; drop table public.tenants; --',
@@ -53,13 +53,18 @@ async function expectUntouched(extraRows: number): Promise<void> {
 
 describe('SQL injection', () => {
   it('through CLI arguments: refused with exit 2', async () => {
-    for (const args of [['provision:tenant', PAYLOADS[0]], ['migrate:tenants', '--tenant', PAYLOADS[1]]]) {
+    for (const args of [
+      ['provision:tenant', PAYLOADS[0]],
+      ['migrate:tenants', '--tenant', PAYLOADS[1]],
+    ]) {
       const result = await runCli(args, cliEnv(engine, BASE_DIR));
-      expect({ args, code: result.code, error: result.stderr.split('\n').find((l) => l.startsWith('error:')) }).toEqual({
-        args,
-        code: 2,
-        error: expect.stringMatching(/^error: Invalid org id/),
-      });
+      expect({ args, code: result.code, error: result.stderr.split('\n').find((l) => l.startsWith('error:')) }).toEqual(
+        {
+          args,
+          code: 2,
+          error: expect.stringMatching(/^error: Invalid org id/),
+        },
+      );
     }
     await expectUntouched(0);
   });
@@ -77,7 +82,11 @@ describe('SQL injection', () => {
 
   it('through registry rows edited by hand: each hostile schema name is refused as not a tenant schema, nothing runs', async () => {
     await withTk(engine, BASE_DIR, (tk) =>
-      tk.knex('tenants').insert(PAYLOADS.map((schema, i) => ({ clerk_org_id: `org_hostile_${i}`, schema_name: schema, status: 'ACTIVE' }))),
+      tk
+        .knex('tenants')
+        .insert(
+          PAYLOADS.map((schema, i) => ({ clerk_org_id: `org_hostile_${i}`, schema_name: schema, status: 'ACTIVE' })),
+        ),
     );
     try {
       const migrate = await runCli(['migrate:tenants'], cliEnv(engine, NEXT_DIR));
@@ -101,7 +110,9 @@ describe('SQL injection', () => {
       });
       await expectUntouched(PAYLOADS.length);
     } finally {
-      await withTk(engine, BASE_DIR, (tk) => tk.knex('tenants').where('clerk_org_id', 'like', 'org_hostile_%').delete());
+      await withTk(engine, BASE_DIR, (tk) =>
+        tk.knex('tenants').where('clerk_org_id', 'like', 'org_hostile_%').delete(),
+      );
     }
   });
 
@@ -124,7 +135,11 @@ describe('SQL injection', () => {
 
         const status = await tk.status();
         // Read, quoted, by status; refused by migrate:tenants, which runs only derived tid_ names.
-        expect(status.tenants.find((t) => t.orgId === 'org_hostile_real')).toMatchObject({ schema: hostile, applied: 3, state: 'failed' });
+        expect(status.tenants.find((t) => t.orgId === 'org_hostile_real')).toMatchObject({
+          schema: hostile,
+          applied: 3,
+          state: 'failed',
+        });
         const fanout = await tk.migrateTenants({ orgIds: ['org_hostile_real'] });
         expect(fanout.tenants[0]).toMatchObject({ outcome: 'failed', error: { code: 'E_SCHEMA_NAME' } });
       } finally {

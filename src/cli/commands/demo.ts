@@ -17,7 +17,10 @@ export function registerDemo(program: Command): void {
         out.line(pc.bold(`1. Master migrations on ${tk.describe}`));
         const master = await tk.migrateMaster();
         renderMasterRun(out, master);
-        if (master.error) return void (process.exitCode = 1);
+        if (master.error) {
+          process.exitCode = 1;
+          return;
+        }
         out.line(pc.bold('\n2. Provision tenants'));
         for (const orgId of DEMO_ORGS) {
           const report = await tk.provisionTenant(orgId);

@@ -1,11 +1,13 @@
 import type { Command } from 'commander';
 import { withToolkit } from '../context.ts';
-import { createOutput, renderMasterRun, type Output } from '../render.ts';
-import { runFanout, tenantFlags, type TenantFlags } from './tenants.ts';
+import { createOutput, type Output, renderMasterRun } from '../render.ts';
+import { runFanout, type TenantFlags, tenantFlags } from './tenants.ts';
 
 /** `migrate`: master, then every tenant — the one command a deploy job runs. */
 export function registerMigrate(program: Command): void {
-  tenantFlags(program.command('migrate').description('apply master migrations, then tenant migrations to every ACTIVE tenant'))
+  tenantFlags(
+    program.command('migrate').description('apply master migrations, then tenant migrations to every ACTIVE tenant'),
+  )
     .option('--fail-fast', 'start no new tenant after the first failure')
     .action(async (flags: TenantFlags) => {
       const json = flags.json ?? false;

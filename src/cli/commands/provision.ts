@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { validateOrgId } from '../../tenants/naming.ts';
-import { withToolkit, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withToolkit } from '../context.ts';
 import { createOutput, renderProvision } from '../render.ts';
 
 /** `provision:tenant <org_id>`: create, migrate and activate one organisation's schema. */

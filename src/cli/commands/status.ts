@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { withToolkit, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withToolkit } from '../context.ts';
 import { createOutput, renderStatus } from '../render.ts';
 
 /** `migrate:status` (alias `status`): master history and where every tenant stands. */

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import type { Toolkit } from '../../toolkit.ts';
-import { collect, positiveInteger, withToolkit, type CommonOptions } from '../context.ts';
-import { createOutput, fanoutProgress, renderFanout, type Output } from '../render.ts';
 import type { FanoutReport } from '../../migrations/fanout.ts';
+import type { Toolkit } from '../../toolkit.ts';
+import { type CommonOptions, collect, positiveInteger, withToolkit } from '../context.ts';
+import { createOutput, fanoutProgress, type Output, renderFanout } from '../render.ts';
 
 export interface TenantFlags extends CommonOptions {
   readonly tenant?: string[];
@@ -16,14 +16,24 @@ export interface TenantFlags extends CommonOptions {
 export function tenantFlags(command: Command): Command {
   return command
     .option('--tenant <org_id>', 'only this tenant (repeatable)', collect)
-    .option('--concurrency <n>', 'tenants at once (default: the pool size, DB_POOL_MAX)', positiveInteger('--concurrency'))
+    .option(
+      '--concurrency <n>',
+      'tenants at once (default: the pool size, DB_POOL_MAX)',
+      positiveInteger('--concurrency'),
+    )
     .option('--verify', "read every tenant's tracking table instead of trusting the registry's digests")
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (default LOCK_TIMEOUT, 10s)')
     .option('--json', 'print one JSON document');
 }
 
 /** Runs a fan-out with progress and renders it; sets exit code 1 when a tenant failed. */
-export async function runFanout(tk: Toolkit, out: Output, command: string, direction: 'up' | 'down', flags: TenantFlags): Promise<FanoutReport> {
+export async function runFanout(
+  tk: Toolkit,
+  out: Output,
+  command: string,
+  direction: 'up' | 'down',
+  flags: TenantFlags,
+): Promise<FanoutReport> {
   const progress = fanoutProgress(out, direction === 'up' ? 'Migrating' : 'Rolling back');
   const options = {
     ...(flags.tenant ? { orgIds: flags.tenant } : {}),
@@ -35,7 +45,10 @@ export async function runFanout(tk: Toolkit, out: Output, command: string, direc
   };
   let report: FanoutReport;
   try {
-    report = direction === 'up' ? await tk.migrateTenants(options) : await tk.rollbackTenants({ ...options, all: flags.all ?? false });
+    report =
+      direction === 'up'
+        ? await tk.migrateTenants(options)
+        : await tk.rollbackTenants({ ...options, all: flags.all ?? false });
   } finally {
     progress.stop();
   }
