@@ -21,8 +21,8 @@ import { verifyWebhook, type WebhookEvent } from '@clerk/backend/webhooks';
 import {
   configFromEnvironment,
   createTenantClient,
-  describeError,
   folderSource,
+  messageOf,
   openToolkit,
   provisionTenant,
   TenantAccessError,
@@ -101,8 +101,8 @@ export function clerkWebhookHandler(options: {
     } catch (error) {
       // Bad input (exit code 2) will not get better on retry; anything else (database down) may.
       const permanent = error instanceof ToolkitError && error.exitCode === 2;
-      log(`provisioning ${orgId} failed: ${describeError(error)}`);
-      return send(res, permanent ? 400 : 500, { error: describeError(error) });
+      log(`provisioning ${orgId} failed: ${messageOf(error)}`);
+      return send(res, permanent ? 400 : 500, { error: messageOf(error) });
     }
   };
 }
@@ -192,7 +192,7 @@ function required(env: NodeJS.ProcessEnv, name: string): string {
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   main().catch((error: unknown) => {
-    console.error(describeError(error));
+    console.error(messageOf(error));
     process.exit(1);
   });
 }

@@ -63,9 +63,12 @@ export class RegistryMissingError extends ToolkitError {
   }
 }
 
-/** A one-line description of any error, with the cause chained in when it adds something. */
-export function describeError(error: unknown): string {
+/** The first line of any error's message (a ToolkitError's message is one line already). */
+export function messageOf(error: unknown): string {
   if (error instanceof ToolkitError) return error.message;
   if (error instanceof Error) return error.message.split('\n')[0] ?? String(error);
   return String(error);
 }
+
+/** @deprecated Use `messageOf`: it returns the message's first line, it describes nothing else. */
+export const describeError = messageOf;

@@ -23,32 +23,42 @@ export { type Database, openDatabase, withDatabase } from './db/connection.ts';
 export { quoteIdent, tenantSearchPath } from './db/identifiers.ts';
 export { SQLSTATE } from './db/pg-errors.ts';
 export * from './errors.ts';
-export {
-  type FanoutReport,
-  runTenants,
-  type TenantOutcome,
-  type TenantReport,
-  type Totals,
+export type { LedgerStatus, RunDetail, RunSummary, RunTenantRow } from './ledger/history.ts';
+export type {
+  FanoutReport,
+  TenantOutcome,
+  TenantReport,
+  Totals,
 } from './migrations/fanout.ts';
 export { digestOf } from './migrations/plan.ts';
+export { type RollbackOptions, RollbackRefusedError } from './migrations/rollback.ts';
+export { folderSource, type Migration, type MigrationModule, type MigrationSource } from './migrations/source.ts';
+export { collectStatus, type StatusReport, type TenantState, type TenantStatusRow } from './migrations/status.ts';
+export { MASTER_TARGET, MASTER_TRACKING_TABLE, TENANT_TRACKING_TABLE, tenantTarget } from './migrations/targets.ts';
+export type { SchemaTarget } from './migrations/tracking.ts';
 export {
   MigrationFailedError,
   MissingFilesError,
+  RollbackBlockedError,
   type RunFailure,
   type RunSettings,
   runSchema,
   SchemaMissingError,
+  SchemaNameError,
   type SchemaRunReport,
-  type SchemaTarget,
-} from './migrations/runner.ts';
-export { folderSource, type Migration, type MigrationModule, type MigrationSource } from './migrations/source.ts';
-export { collectStatus, type StatusReport, type TenantState, type TenantStatusRow } from './migrations/status.ts';
-export { MASTER_TARGET, MASTER_TRACKING_TABLE, TENANT_TRACKING_TABLE, tenantTarget } from './migrations/targets.ts';
+} from './migrations/unit.ts';
 export { ExtensionUnavailableError } from './provisioning/extensions.ts';
 export { OrphanSchemaError, type ProvisionReport, provision } from './provisioning/provisioner.ts';
 export { candidateSchemaNames, schemaNameFor, validateOrgId } from './tenants/naming.ts';
 export { findTenantByOrgId, listTenants, TENANT_STATUSES, type Tenant, type TenantStatus } from './tenants/registry.ts';
-export { createToolkit, openToolkit, type TenantRunOptions, type Toolkit, type ToolkitSources } from './toolkit.ts';
+export {
+  createToolkit,
+  type MigrateTenantsOptions,
+  openToolkit,
+  type TenantRunOptions,
+  type Toolkit,
+  type ToolkitSources,
+} from './toolkit.ts';
 
 /**
  * Provisions one organisation's schema: registers it, creates and migrates the schema, sets it

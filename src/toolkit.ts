@@ -1,39 +1,57 @@
 import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
 import { type OpenOptions, openDatabase } from './db/connection.ts';
-import { recordChecksums, verifyChecksums } from './migrations/checksums.ts';
-import { type FanoutReport, runTenants } from './migrations/fanout.ts';
+import { RegistryMissingError } from './errors.ts';
+import {
+  getRun,
+  type LedgerStatus,
+  ledgerStatus,
+  listRuns,
+  type RunDetail,
+  type RunSummary,
+} from './ledger/history.ts';
+import { type Capabilities, probeCapabilities } from './migrations/books.ts';
+import { verifyChecksums } from './migrations/checksums.ts';
+import { type FanoutPlan, type FanoutReport, runTenants, type TenantRunOptions } from './migrations/fanout.ts';
 import { runMaster } from './migrations/master.ts';
-import type { RunSettings, SchemaRunReport } from './migrations/runner.ts';
+import { UP } from './migrations/plan.ts';
+import { type RollbackOptions, rollbackPlan } from './migrations/rollback.ts';
 import { folderSource, type Migration, type MigrationSource } from './migrations/source.ts';
 import { collectStatus, type StatusReport } from './migrations/status.ts';
-import { type ProvisionMemo, type ProvisionReport, provision } from './provisioning/provisioner.ts';
-import { registryKeepsDigest } from './tenants/registry.ts';
+import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
+import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
+import { validateOrgId } from './tenants/naming.ts';
 
-export interface TenantRunOptions {
-  /** Limit the run to these org ids. */
-  readonly orgIds?: readonly string[];
-  /** Tenants at once; defaults to the pool size. */
-  readonly concurrency?: number;
-  readonly failFast?: boolean;
-  /** Read every tenant's tracking table instead of trusting the registry digests. */
-  readonly verify?: boolean;
-  readonly onStart?: (total: number, toRun: number) => void;
-  readonly onTenant?: Parameters<typeof runTenants>[3]['onTenant'];
+export type { RollbackOptions, TenantRunOptions };
+
+/** Options of a deploy: which tenants, how many at once, and how the ledger names the run. */
+export interface MigrateTenantsOptions extends TenantRunOptions {
+  /** The command the ledger records (default `migrate:tenants`). */
+  readonly command?: string;
 }
 
 /** The toolkit's operations over one shared pool. Every CLI command is one call of these. */
 export interface Toolkit {
   readonly knex: Knex;
   readonly config: ToolkitConfig;
-  /** Where the pool points, for messages. */
+  /** Where the pool points (`host:port` or the embedded folder), for messages. */
+  readonly location: string;
+  /** @deprecated Use `location`. */
   readonly describe: string;
   migrateMaster(): Promise<SchemaRunReport>;
   rollbackMaster(options?: { all?: boolean }): Promise<SchemaRunReport>;
   provisionTenant(orgId: string): Promise<ProvisionReport>;
-  migrateTenants(options?: TenantRunOptions): Promise<FanoutReport>;
-  rollbackTenants(options?: TenantRunOptions & { all?: boolean }): Promise<FanoutReport>;
-  status(): Promise<StatusReport>;
+  migrateTenants(options?: MigrateTenantsOptions): Promise<FanoutReport>;
+  /**
+   * Rolls back what the last deploy run applied, exactly (tenants it did not migrate are left
+   * alone); `run` names another run; `lastBatch` and `all` are the explicit Knex-style scopes.
+   */
+  rollbackTenants(options?: TenantRunOptions & RollbackOptions): Promise<FanoutReport>;
+  status(): Promise<StatusReport & { readonly ledger: LedgerStatus | null }>;
+  /** Recent runs from the ledger (one-tenant runs too with `all`). */
+  runs(options?: { all?: boolean; limit?: number }): Promise<RunSummary[]>;
+  /** One run with its tenants. */
+  run(id: number): Promise<RunDetail | undefined>;
   /** Closes the pool (and the embedded engine) if this toolkit opened it. */
   close(): Promise<void>;
 }
@@ -51,72 +69,78 @@ export function createToolkit(options: {
   knex: Knex;
   config: ToolkitConfig;
   sources?: ToolkitSources;
-  describe?: string;
+  location?: string;
   close?: () => Promise<void>;
   poolMax?: number;
 }): Toolkit {
   const { knex, config } = options;
   const masterSource = options.sources?.master ?? folderSource(config.masterMigrationsDir, 'MASTER_MIGRATIONS_DIR');
   const tenantSource = options.sources?.tenant ?? folderSource(config.tenantMigrationsDir, 'TENANT_MIGRATIONS_DIR');
-  const baseSettings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs };
-  // Whether the registry keeps per-tenant digests; remembered once seen (it never goes away).
-  let digestKept = false;
-  const settings = async (): Promise<RunSettings> => {
-    if (!digestKept) digestKept = await registryKeepsDigest(knex).catch(() => false);
-    return { ...baseSettings, trackDigest: digestKept };
-  };
+  const settings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs };
   const poolMax = options.poolMax ?? config.poolMax;
   let tenantMigrations: Promise<readonly Migration[]> | undefined;
-  const loadTenant = (): Promise<readonly Migration[]> => (tenantMigrations ??= tenantSource.load());
-  const provisionMemo: ProvisionMemo = {};
+  const loadTenant = (): Promise<readonly Migration[]> => {
+    tenantMigrations ??= tenantSource.load();
+    return tenantMigrations;
+  };
+  const memo = provisionMemo();
+  const location = options.location ?? 'the configured database';
 
-  const fanout = async (direction: 'up' | 'down', run: TenantRunOptions & { all?: boolean }): Promise<FanoutReport> => {
+  /** A fan-out: capabilities probed for this run only, checksums verified before any tenant. */
+  const fanout = async (
+    run: TenantRunOptions,
+    plan: (capabilities: Capabilities, migrations: readonly Migration[]) => Promise<FanoutPlan>,
+  ): Promise<FanoutReport> => {
+    for (const orgId of run.orgIds ?? []) validateOrgId(orgId); // bad input: refused before anything is read
     const migrations = await loadTenant();
+    const capabilities = await probeCapabilities(knex);
+    if (!capabilities.registry) throw new RegistryMissingError();
     const recorded = await verifyChecksums(knex, 'tenant', migrations);
-    const report = await runTenants(knex, migrations, await settings(), {
-      direction,
-      concurrency: Math.max(1, Math.min(run.concurrency ?? poolMax, poolMax)),
-      ...(run.orgIds ? { orgIds: run.orgIds } : {}),
-      failFast: run.failFast ?? false,
-      all: run.all ?? false,
-      verify: run.verify ?? false,
-      ...(run.onStart ? { onStart: run.onStart } : {}),
-      ...(run.onTenant ? { onTenant: run.onTenant } : {}),
-    });
-    if (direction === 'up') {
-      // A tenant now up to date has every local file applied, so every file's checksum is
-      // recorded, including those a crashed run applied without getting to record them.
-      const complete = report.tenants.some((t) => t.outcome === 'migrated' || t.outcome === 'up-to-date');
-      const applied = new Set(report.tenants.flatMap((t) => t.migrations));
-      await recordChecksums(
-        knex,
-        'tenant',
-        complete ? migrations : migrations.filter((m) => applied.has(m.name)),
-        recorded,
-      );
-    }
-    return report;
+    const context = { knex, migrations, settings, capabilities, recorded, poolMax, retention: config.ledgerRetention };
+    return runTenants(context, await plan(capabilities, migrations), run);
   };
 
   return {
     knex,
     config,
-    describe: options.describe ?? 'the configured database',
-    migrateMaster: async () => runMaster(knex, await masterSource.load(), baseSettings, 'up'),
-    rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), baseSettings, 'down', o),
+    location,
+    describe: location,
+    migrateMaster: async () => runMaster(knex, await masterSource.load(), settings, 'up'),
+    rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'down', o),
     provisionTenant: async (orgId) =>
-      provision(knex, orgId, {
-        migrations: await loadTenant(),
-        extensions: config.tenantExtensions,
-        settings: await settings(),
-        memo: provisionMemo,
-      }),
-    migrateTenants: (o = {}) => fanout('up', o),
-    rollbackTenants: (o = {}) => fanout('down', o),
-    status: async () =>
-      collectStatus(knex, await masterSource.load(), await loadTenant(), { parallel: Math.min(4, poolMax) }),
+      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings, memo }),
+    migrateTenants: (o = {}) =>
+      fanout(o, async () => ({
+        command: o.command ?? 'migrate:tenants',
+        kind: 'deploy',
+        direction: 'up',
+        intentFor: () => UP,
+        flags: flagsOf(o),
+      })),
+    rollbackTenants: (o = {}) =>
+      fanout(o, (capabilities, migrations) => rollbackPlan(knex, capabilities, migrations, o, o.orgIds)),
+    status: async () => {
+      const report = await collectStatus(knex, await masterSource.load(), await loadTenant(), {
+        parallel: Math.min(4, poolMax),
+      });
+      const capabilities = await probeCapabilities(knex);
+      return { ...report, ledger: capabilities.ledger ? await ledgerStatus(knex) : null };
+    },
+    runs: async (o = {}) => ((await probeCapabilities(knex)).ledger ? listRuns(knex, o) : []),
+    run: async (id) => ((await probeCapabilities(knex)).ledger ? getRun(knex, id) : undefined),
     close: options.close ?? (async () => undefined),
   };
+}
+
+/** The options as the ledger records them: what was asked, not the callbacks. */
+function flagsOf(options: MigrateTenantsOptions): Record<string, unknown> {
+  const {
+    onStart: _start,
+    onTenant: _tenant,
+    command: _command,
+    ...flags
+  } = options as MigrateTenantsOptions & Record<string, unknown>;
+  return flags;
 }
 
 /** Opens the configured database (or the embedded default) and a toolkit over it. Close it when done. */
@@ -128,7 +152,7 @@ export async function openToolkit(
   return createToolkit({
     knex: db.knex,
     config,
-    describe: db.describe,
+    location: db.describe,
     close: () => db.close(),
     poolMax: db.poolMax,
     ...(options.sources ? { sources: options.sources } : {}),

@@ -31,6 +31,7 @@ describe('master migrations', () => {
       '20261121000001_create_tenants.ts',
       '20261121000002_create_focus_areas.ts',
       '20261121000003_create_coaching_categories.ts',
+      '20261202000001_run_ledger.ts',
     ]);
     expect(await tables()).toEqual(
       expect.arrayContaining([
@@ -46,7 +47,7 @@ describe('master migrations', () => {
       .withSchema('public')
       .select('name', 'batch', 'migration_time')
       .orderBy('id');
-    expect(history.map((r) => r.batch)).toEqual([1, 1, 1]);
+    expect(history.map((r) => r.batch)).toEqual([1, 1, 1, 1]);
     expect(history.every((r) => r.migration_time instanceof Date)).toBe(true);
 
     const second = await tk.migrateMaster();
@@ -69,7 +70,7 @@ describe('master migrations', () => {
   it('rolls back the last batch, then migrates again', async () => {
     const down = await tk.rollbackMaster();
     expect(down.error).toBeNull();
-    expect(down.migrations).toHaveLength(3);
+    expect(down.migrations).toHaveLength(4);
     expect(await tables()).not.toContain('tenants');
     const count = await tk.knex('knex_migrations_master').withSchema('public').count<{ count: string }[]>('* as count');
     expect(Number(count[0]!.count)).toBe(0);

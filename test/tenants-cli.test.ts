@@ -370,7 +370,7 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
     expect(last.code, last.stderr).toBe(0);
     expect(last.stdout).toMatch(/^2 tenants: 2 rolled back, 0 with nothing to roll back, 0 failed, 0 skipped/m);
 
-    const all = await cli(['rollback:tenants', '--all', '--json'], V2);
+    const all = await cli(['rollback:tenants', '--all', '--yes', '--json'], V2);
     expect(all.code, all.stderr).toBe(0);
     const doc = json(all);
     expect(doc).toMatchObject({

@@ -476,7 +476,7 @@ describe('migrate:tenants (library)', () => {
     });
 
     // Rolling back needs the file too.
-    const down = await deployed(tk, files).rollbackTenants({ orgIds: [ahead] });
+    const down = await deployed(tk, files).rollbackTenants({ orgIds: [ahead], lastBatch: true });
     expect(down.tenants[0]).toMatchObject({ outcome: 'failed', error: { code: 'E_MISSING_FILES' } });
     expect(await tablesIn(tk.knex, sa)).toContain('path_probe');
   });

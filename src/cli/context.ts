@@ -32,7 +32,7 @@ export async function withToolkit<T>(options: CommonOptions, cb: (toolkit: Toolk
   try {
     return await cb(toolkit);
   } catch (error) {
-    throw isConnectionLoss(error) ? connectionFailure(toolkit.describe, error, 'Lost the connection to') : error;
+    throw isConnectionLoss(error) ? connectionFailure(toolkit.location, error, 'Lost the connection to') : error;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -8,6 +8,7 @@ import { registerMake } from './commands/make.ts';
 import { registerMaster } from './commands/master.ts';
 import { registerMigrate } from './commands/migrate.ts';
 import { registerProvision } from './commands/provision.ts';
+import { registerRuns } from './commands/runs.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerTenants } from './commands/tenants.ts';
 
@@ -26,6 +27,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     registerTenants,
     registerMigrate,
     registerStatus,
+    registerRuns,
     registerDemo,
   ]) {
     register(program);

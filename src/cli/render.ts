@@ -1,9 +1,16 @@
 import cliProgress from 'cli-progress';
 import pc from 'picocolors';
+import type { RunDetail, RunSummary } from '../ledger/history.ts';
 import type { FanoutReport, TenantReport } from '../migrations/fanout.ts';
-import type { SchemaRunReport } from '../migrations/runner.ts';
 import type { StatusReport } from '../migrations/status.ts';
+import type { SchemaRunReport } from '../migrations/unit.ts';
 import type { ProvisionReport } from '../provisioning/provisioner.ts';
+import type { Toolkit } from '../toolkit.ts';
+
+/**
+ * Rendering: a report is a plain object; each kind has a JSON renderer and a text renderer, two
+ * functions of the same report. Commands call `show`, which picks one by `--json`.
+ */
 
 /** All output goes through here: text for people, one JSON document for machines. */
 export interface Output {
@@ -25,37 +32,171 @@ export function createOutput(json: boolean): Output {
   };
 }
 
-export function seconds(ms: number): string {
+/** The two renderings of one kind of report. */
+export interface Renderer<R> {
+  json(report: R): unknown;
+  text(report: R): readonly string[];
+}
+
+/** Writes a report as JSON or as text lines. */
+export function show<R>(out: Output, renderer: Renderer<R>, report: R): void {
+  if (out.json) out.document(renderer.json(report));
+  else for (const line of renderer.text(report)) out.line(line);
+}
+
+/** A duration given in milliseconds, as people read it: `120 ms`, `3.4 s`. */
+export function formatDuration(ms: number): string {
   return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-export function renderMasterRun(out: Output, report: SchemaRunReport): void {
-  out.document({ command: report.direction === 'up' ? 'migrate:master' : 'rollback:master', ...report });
-  if (report.error) {
-    out.line(pc.red(`Master migration failed: ${report.error.message}`));
-    return;
-  }
-  const verb = report.direction === 'up' ? 'Applied' : 'Rolled back';
-  if (report.migrations.length === 0)
-    out.line(report.direction === 'up' ? 'Already up to date' : 'Nothing to roll back');
-  else
-    out.line(
-      `${verb} ${report.migrations.length} master migration${report.migrations.length === 1 ? '' : 's'}: ${report.migrations.join(', ')}`,
-    );
-  for (const warning of report.warnings) out.line(pc.yellow(`warning: ${warning}`));
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
-export function renderProvision(out: Output, report: ProvisionReport): void {
-  out.document({ command: 'provision:tenant', ...report });
-  if (report.outcome === 'already-active')
-    out.line(`${report.orgId} is already ACTIVE → ${report.schema} (nothing to do)`);
-  else if (report.outcome === 'provisioned') {
-    const n = report.migrations.length;
-    out.line(
-      `Provisioned ${report.orgId} → ${report.schema} (${n} migration${n === 1 ? '' : 's'}, ${seconds(report.durationMs)})`,
-    );
-  } else out.line(pc.red(`Provisioning ${report.orgId} → ${report.schema} FAILED: ${report.error?.message}`));
+export const masterRun: Renderer<SchemaRunReport> = {
+  json: (report) => ({ command: report.direction === 'up' ? 'migrate:master' : 'rollback:master', ...report }),
+  text: (report) => {
+    if (report.error) return [pc.red(`Master migration failed: ${report.error.message}`)];
+    const verb = report.direction === 'up' ? 'Applied' : 'Rolled back';
+    const lines =
+      report.migrations.length === 0
+        ? [report.direction === 'up' ? 'Already up to date' : 'Nothing to roll back']
+        : [`${verb} ${plural(report.migrations.length, 'master migration')}: ${report.migrations.join(', ')}`];
+    return [...lines, ...report.warnings.map((w) => pc.yellow(`warning: ${w}`))];
+  },
+};
+
+export const provisionRun: Renderer<ProvisionReport> = {
+  json: (report) => ({ command: 'provision:tenant', ...report }),
+  text: (report) => {
+    if (report.outcome === 'already-active')
+      return [`${report.orgId} is already ACTIVE → ${report.schema} (nothing to do)`];
+    if (report.outcome === 'provisioned') {
+      const what = `${plural(report.migrations.length, 'migration')}, ${formatDuration(report.durationMs)}`;
+      return [`Provisioned ${report.orgId} → ${report.schema} (${what})`];
+    }
+    const lines = [pc.red(`Provisioning ${report.orgId} → ${report.schema} FAILED: ${report.error?.message}`)];
+    if (report.migrations.length > 0) {
+      lines.push(
+        pc.yellow(`  committed before the failure (transaction: false steps): ${report.migrations.join(', ')}`),
+      );
+    }
+    return lines;
+  },
+};
+
+/** A fan-out report, named by the command that ran it. */
+export function fanoutRun(command: string): Renderer<FanoutReport> {
+  return {
+    json: (report) => ({ command, ...report }),
+    text: (report) => {
+      const t = report.totals;
+      const moved = report.direction === 'up' ? 'migrated' : 'rolled back';
+      const idle = report.direction === 'up' ? 'up to date' : 'with nothing to roll back';
+      const lines = [
+        `${plural(t.total, 'tenant')}: ${t.migrated} ${moved}, ${t['up-to-date']} ${idle}, ` +
+          `${t.failed} failed, ${t.skipped} skipped (${formatDuration(report.durationMs)})`,
+      ];
+      for (const tenant of report.tenants) {
+        for (const warning of tenant.warnings)
+          lines.push(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
+      }
+      const failed = report.tenants.filter((r) => r.outcome === 'failed');
+      if (failed.length > 0) {
+        lines.push(pc.red('Failed:'));
+        for (const r of failed) lines.push(pc.red(`  ${r.orgId} (${r.schema}): ${r.error?.message}`));
+      }
+      const skipped = report.tenants.filter((r) => r.outcome === 'skipped');
+      if (skipped.length > 0 && skipped.length <= 50) {
+        for (const r of skipped) lines.push(pc.dim(`  skipped ${r.orgId} (${r.schema}): ${r.error?.message}`));
+      } else if (skipped.length > 50) lines.push(pc.dim(`  ${skipped.length} skipped (see --json for each)`));
+      return lines;
+    },
+  };
 }
+
+type StatusWithLedger = Awaited<ReturnType<Toolkit['status']>>;
+
+export const statusReport: Renderer<StatusReport | StatusWithLedger> = {
+  json: (report) => ({ command: 'migrate:status', ...report }),
+  text: (report) => {
+    const lines = [pc.bold('Master migrations (public.knex_migrations_master)')];
+    for (const m of report.master.applied) lines.push(`  ${pc.green('applied')}  batch ${m.batch}  ${m.name}`);
+    for (const name of report.master.pending) lines.push(`  ${pc.yellow('pending')}           ${name}`);
+    for (const name of report.master.missing)
+      lines.push(`  ${pc.red('missing')}           ${name} (applied, file gone)`);
+    if (!report.registryExists) return [...lines, pc.yellow('No tenant registry yet: run `pnpm migrate:master`')];
+    lines.push('', pc.bold('Tenants'));
+    const rows = report.tenants.map((t) => [
+      t.orgId,
+      t.schema,
+      t.status,
+      String(t.applied),
+      t.pending.length === 0 ? '-' : t.pending.join(', '),
+      t.state === 'up-to-date' ? pc.green(t.state) : t.state === 'behind' ? pc.yellow(t.state) : pc.red(t.state),
+      t.error ?? (t.missing.length > 0 ? `missing files: ${t.missing.join(', ')}` : ''),
+    ]);
+    lines.push(...table(['ORG ID', 'SCHEMA', 'STATUS', 'APPLIED', 'PENDING', 'STATE', 'ERROR'], rows));
+    for (const orphan of report.orphans) lines.push(pc.yellow(`orphan schema ${orphan}: no registry row claims it`));
+    const s = report.summary;
+    const parts = [`${s['up-to-date']} up to date`, `${s.behind} behind`, `${s.failed} failed`];
+    if (s['schema-missing'] > 0) parts.push(`${s['schema-missing']} with a missing schema`);
+    if (s['not-active'] > 0) parts.push(`${s['not-active']} not active`);
+    if (report.orphans.length > 0) parts.push(plural(report.orphans.length, 'orphan schema'));
+    lines.push('');
+    const ledger = 'ledger' in report ? report.ledger : null;
+    if (ledger?.lastRun) lines.push(`Last run: ${runLine(ledger.lastRun)}`);
+    for (const run of ledger?.interrupted ?? []) {
+      lines.push(pc.yellow(`Interrupted: ${runLine(run)} (migrate again to finish it)`));
+    }
+    lines.push(parts.join(', '));
+    return lines;
+  },
+};
+
+function runLine(run: RunSummary): string {
+  const c = run.counts;
+  const what = `${c.migrated} migrated, ${c.failed} failed, ${c.skipped} skipped`;
+  return `#${run.id} ${run.command} ${run.outcome} at ${run.startedAt} by ${run.runBy}@${run.host} (${what})`;
+}
+
+export const runList: Renderer<readonly RunSummary[]> = {
+  json: (runs) => ({ command: 'migrate:runs', runs }),
+  text: (runs) => {
+    if (runs.length === 0) return ['No runs in the ledger yet'];
+    const outcome = (o: string): string =>
+      o === 'succeeded' ? pc.green(o) : o === 'running' ? pc.cyan(o) : o === 'failed' ? pc.red(o) : pc.yellow(o);
+    const rows = runs.map((r) => [
+      String(r.id),
+      r.startedAt.replace('T', ' ').slice(0, 19),
+      r.command + (r.rollsBack === null ? '' : ` (of #${r.rollsBack})`),
+      `${r.runBy}@${r.host}`,
+      outcome(r.outcome),
+      String(r.counts.migrated),
+      String(r.counts.failed),
+      String(r.counts.skipped),
+      r.durationMs === null ? '-' : formatDuration(r.durationMs),
+    ]);
+    return table(['RUN', 'STARTED (UTC)', 'COMMAND', 'WHO', 'OUTCOME', 'MIGRATED', 'FAILED', 'SKIPPED', 'TOOK'], rows);
+  },
+};
+
+export const runDetail: Renderer<RunDetail> = {
+  json: (run) => ({ command: 'migrate:runs', run }),
+  text: (run) => {
+    const lines = [...runList.text([run]), ''];
+    if (run.tenants.length === 0) return [...lines, 'No tenant was changed by this run'];
+    const rows = run.tenants.map((t) => [
+      t.orgId ?? '-',
+      t.schema,
+      t.outcome === 'failed' ? pc.red(t.outcome) : t.direction === 'down' ? 'rolled back' : t.outcome,
+      t.batch === null ? '-' : String(t.batch),
+      t.migrations.join(', ') || '-',
+      t.error ?? '',
+    ]);
+    return [...lines, ...table(['ORG ID', 'SCHEMA', 'OUTCOME', 'BATCH', 'MIGRATIONS', 'ERROR'], rows)];
+  },
+};
 
 /**
  * Live progress for a fan-out: a progress bar on a terminal (cli-progress), plain lines for
@@ -104,64 +245,8 @@ export function fanoutProgress(
   };
 }
 
-export function renderFanout(out: Output, command: string, report: FanoutReport): void {
-  out.document({ command, ...report });
-  const t = report.totals;
-  const moved = report.direction === 'up' ? 'migrated' : 'rolled back';
-  out.line(
-    `${t.total} tenant${t.total === 1 ? '' : 's'}: ${t.migrated} ${moved}, ${t['up-to-date']} ${report.direction === 'up' ? 'up to date' : 'with nothing to roll back'}, ` +
-      `${t.failed} failed, ${t.skipped} skipped (${seconds(report.durationMs)})`,
-  );
-  for (const tenant of report.tenants) {
-    for (const warning of tenant.warnings)
-      out.line(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
-  }
-  const failed = report.tenants.filter((r) => r.outcome === 'failed');
-  if (failed.length > 0) {
-    out.line(pc.red('Failed:'));
-    for (const r of failed) out.line(pc.red(`  ${r.orgId} (${r.schema}): ${r.error?.message}`));
-  }
-  const skipped = report.tenants.filter((r) => r.outcome === 'skipped');
-  if (skipped.length > 0 && skipped.length <= 50) {
-    for (const r of skipped) out.line(pc.dim(`  skipped ${r.orgId} (${r.schema}): ${r.error?.message}`));
-  }
-}
-
-export function renderStatus(out: Output, report: StatusReport): void {
-  out.document({ command: 'migrate:status', ...report });
-  out.line(pc.bold('Master migrations (public.knex_migrations_master)'));
-  for (const m of report.master.applied) out.line(`  ${pc.green('applied')}  batch ${m.batch}  ${m.name}`);
-  for (const name of report.master.pending) out.line(`  ${pc.yellow('pending')}           ${name}`);
-  for (const name of report.master.missing) out.line(`  ${pc.red('missing')}           ${name} (applied, file gone)`);
-  if (!report.registryExists) {
-    out.line(pc.yellow('No tenant registry yet: run `pnpm migrate:master`'));
-    return;
-  }
-  out.line();
-  out.line(pc.bold('Tenants'));
-  const rows = report.tenants.map((t) => [
-    t.orgId,
-    t.schema,
-    t.status,
-    String(t.applied),
-    t.pending.length === 0 ? '-' : t.pending.join(', '),
-    t.state === 'up-to-date' ? pc.green(t.state) : t.state === 'behind' ? pc.yellow(t.state) : pc.red(t.state),
-    t.error ?? (t.missing.length > 0 ? `missing files: ${t.missing.join(', ')}` : ''),
-  ]);
-  table(out, ['ORG ID', 'SCHEMA', 'STATUS', 'APPLIED', 'PENDING', 'STATE', 'ERROR'], rows);
-  for (const orphan of report.orphans) out.line(pc.yellow(`orphan schema ${orphan}: no registry row claims it`));
-  const s = report.summary;
-  const parts = [`${s['up-to-date']} up to date`, `${s.behind} behind`, `${s.failed} failed`];
-  if (s['schema-missing'] > 0) parts.push(`${s['schema-missing']} with a missing schema`);
-  if (s['not-active'] > 0) parts.push(`${s['not-active']} not active`);
-  if (report.orphans.length > 0)
-    parts.push(`${report.orphans.length} orphan schema${report.orphans.length === 1 ? '' : 's'}`);
-  out.line();
-  out.line(parts.join(', '));
-}
-
 /** Aligned columns, measured without colour codes. */
-function table(out: Output, header: readonly string[], rows: readonly (readonly string[])[]): void {
+function table(header: readonly string[], rows: readonly (readonly string[])[]): string[] {
   const visible = (s: string): number => s.replace(/\u001b\[[0-9;]*m/g, '').length;
   const widths = header.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))));
   const format = (cells: readonly string[]): string =>
@@ -169,6 +254,5 @@ function table(out: Output, header: readonly string[], rows: readonly (readonly 
       .map((c, i) => (i === cells.length - 1 ? c : c + ' '.repeat(widths[i]! - visible(c))))
       .join('  ')
       .trimEnd();
-  out.line(pc.dim(format(header)));
-  for (const row of rows) out.line(format(row));
+  return [pc.dim(format(header)), ...rows.map(format)];
 }

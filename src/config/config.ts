@@ -29,6 +29,8 @@ export interface ToolkitConfig {
   readonly poolMax: number;
   /** `lock_timeout` for migration transactions, in milliseconds (0 = wait forever). */
   readonly lockTimeoutMs: number;
+  /** How long the run ledger keeps per-tenant rows: those of the last `runs` runs and of the last `days` days. */
+  readonly ledgerRetention: { readonly runs: number; readonly days: number };
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -45,6 +47,8 @@ export const DEFAULTS = {
   tenantExtensions: 'vector',
   poolMax: 10,
   lockTimeout: '10s',
+  ledgerKeepRuns: 200,
+  ledgerKeepDays: 90,
 } as const;
 
 /**
@@ -56,6 +60,8 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   const connection = parseConnection(env, cwd, problems);
   const poolMax = parseInteger(env, 'DB_POOL_MAX', DEFAULTS.poolMax, 1, 1000, problems);
   const lockTimeoutMs = parseDurationVar(env, 'LOCK_TIMEOUT', DEFAULTS.lockTimeout, problems);
+  const keepRuns = parseInteger(env, 'LEDGER_KEEP_RUNS', DEFAULTS.ledgerKeepRuns, 1, 1_000_000, problems);
+  const keepDays = parseInteger(env, 'LEDGER_KEEP_DAYS', DEFAULTS.ledgerKeepDays, 1, 100_000, problems);
   const tenantExtensions = parseExtensions(env.TENANT_EXTENSIONS ?? DEFAULTS.tenantExtensions, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return {
@@ -65,6 +71,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
     tenantExtensions,
     poolMax: connection!.kind === 'embedded' ? 1 : poolMax,
     lockTimeoutMs,
+    ledgerRetention: { runs: keepRuns, days: keepDays },
   };
 }
 

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
-import { ConnectionError, describeError, EmbeddedLockedError, UsageError } from '../errors.ts';
+import { ConnectionError, EmbeddedLockedError, messageOf, UsageError } from '../errors.ts';
 
 /*
  * The embedded engine: PGlite (PostgreSQL compiled to WASM) with pgvector, served over TCP so
@@ -89,7 +89,7 @@ function prepareFolder(shown: string): string {
     fs.mkdirSync(shown, { recursive: true });
     return fs.realpathSync(shown);
   } catch (error) {
-    throw new UsageError(`Cannot use ${shown} for the embedded database: ${describeError(error)}`, { cause: error });
+    throw new UsageError(`Cannot use ${shown} for the embedded database: ${messageOf(error)}`, { cause: error });
   }
 }
 
@@ -149,7 +149,7 @@ async function openPglite(dir: string, shown: string): Promise<PGlite> {
   try {
     return await PGlite.create({ dataDir: dir, extensions: { vector } });
   } catch (error) {
-    throw new ConnectionError(`Cannot open the embedded database at ${shown}: ${describeError(error)}`, error);
+    throw new ConnectionError(`Cannot open the embedded database at ${shown}: ${messageOf(error)}`, error);
   }
 }
 

@@ -2,6 +2,7 @@
 export const SQLSTATE = {
   UNIQUE_VIOLATION: '23505',
   UNDEFINED_TABLE: '42P01',
+  UNDEFINED_COLUMN: '42703',
   INVALID_SCHEMA_NAME: '3F000',
   DUPLICATE_SCHEMA: '42P06',
   DUPLICATE_OBJECT: '42710',
@@ -16,10 +17,14 @@ export const SQLSTATE = {
   INSUFFICIENT_PRIVILEGE: '42501',
 } as const;
 
-/** The SQLSTATE of a driver error, if it has one. */
+/**
+ * The SQLSTATE of a database error, if it is one. Node's system errors also carry a `code`, some
+ * of five letters (EPIPE, EPERM): every SQLSTATE class holds a digit (00-58, F0, HV, P0, XX), so a
+ * code of letters only is never one.
+ */
 export function sqlState(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && /[0-9]/.test(code) ? code : undefined;
 }
 
 /** Network-level error codes of Node (ECONNREFUSED, ETIMEDOUT, …), if the error is one. */

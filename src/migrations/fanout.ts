@@ -1,12 +1,14 @@
 import type { Knex } from 'knex';
 import { UsageError } from '../errors.ts';
+import { closeRun, type OpenRun, openRun, pruneLedger, type Retention, type RunIdentity } from '../ledger/ledger.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
-import { assertRegistry, listTenants, setMigrationError, type Tenant } from '../tenants/registry.ts';
-import { type Direction, digestOf, planDown, planUp } from './plan.ts';
+import { listTenants, type Tenant } from '../tenants/registry.ts';
+import { type Capabilities, RunBooks } from './books.ts';
+import { type AppliedMigration, type Direction, folderDigest, type Intent, planFor } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
-import { type RunFailure, type RunSettings, runSchema, type SchemaRunReport } from './runner.ts';
 import type { Migration } from './source.ts';
 import { TENANT_TRACKING_TABLE, tenantTarget } from './targets.ts';
+import { migrateSchema, type RunFailure, type RunSettings, type SchemaRunReport } from './unit.ts';
 
 export type TenantOutcome = 'migrated' | 'up-to-date' | 'failed' | 'skipped';
 
@@ -18,6 +20,8 @@ export interface TenantReport {
   readonly outcome: TenantOutcome;
   /** Migrations applied (or reverted) and committed for this tenant. */
   readonly migrations: readonly string[];
+  /** The batch applied or reverted, when one was. */
+  readonly batch: number | null;
   readonly warnings: readonly string[];
   readonly error: RunFailure | null;
   readonly durationMs: number;
@@ -27,21 +31,24 @@ export type Totals = Readonly<Record<TenantOutcome, number>> & { readonly total:
 
 export interface FanoutReport {
   readonly direction: Direction;
+  /** The run's id in the ledger (null where the database has no ledger). */
+  readonly runId: number | null;
   readonly tenants: readonly TenantReport[];
   readonly totals: Totals;
   readonly durationMs: number;
 }
 
-export interface FanoutOptions {
-  readonly direction: Direction;
+/**
+ * The one settings value of a tenant run: built once from CLI flags or library options and
+ * passed down unchanged.
+ */
+export interface TenantRunOptions {
   /** Only these org ids (each must be registered). */
   readonly orgIds?: readonly string[];
-  /** Tenants migrating at once; at most the pool size is useful. */
-  readonly concurrency: number;
+  /** Tenants at once; defaults to the pool size (more is not useful). */
+  readonly concurrency?: number;
   /** Start no new tenant after the first failure; the rest are reported `skipped`. */
   readonly failFast?: boolean;
-  /** With direction `down`: revert every batch, not only the last. */
-  readonly all?: boolean;
   /** Read every tenant's tracking table, even where the registry digest says it is up to date. */
   readonly verify?: boolean;
   /** Called when the work is known (tenants that need a run), and after each tenant finishes. */
@@ -49,108 +56,178 @@ export interface FanoutOptions {
   readonly onTenant?: (report: TenantReport) => void;
 }
 
+/** What a fan-out needs beyond the options: decided by the toolkit. */
+export interface FanoutPlan {
+  readonly command: string;
+  readonly kind: 'deploy' | 'rollback';
+  readonly direction: Direction;
+  /** The intent for a tenant, or why it is left alone (reported `skipped`). */
+  readonly intentFor: (tenant: Tenant) => Intent | { readonly skip: string };
+  /** The flags as given, for the ledger. */
+  readonly flags: Readonly<Record<string, unknown>>;
+  readonly rollsBack?: number;
+}
+
+/** What the toolkit hands the fan-out: the run's shared parts. */
+export interface FanoutContext {
+  readonly knex: Knex;
+  readonly migrations: readonly Migration[];
+  readonly settings: RunSettings;
+  readonly capabilities: Capabilities;
+  /** Checksums already recorded (verified before the run). */
+  readonly recorded: ReadonlySet<string>;
+  readonly poolMax: number;
+  readonly retention: Retention;
+}
+
+interface Queued {
+  readonly tenant: Tenant;
+  readonly intent: Intent;
+  readonly hint: readonly AppliedMigration[] | undefined;
+}
+
 /**
  * Runs tenant migrations over every ACTIVE tenant (or the `orgIds` given): a few catalog round
- * trips find the tenants that are behind, then those run with bounded concurrency, each in its
- * own transaction and lock. Never throws for a tenant's failure: it is reported, recorded in
- * the registry for status to show, and the other tenants go on.
+ * trips find the tenants with something to do, then those run through the per-tenant unit with
+ * bounded concurrency, each in its own transaction and lock. Never throws for a tenant's
+ * failure: it is reported (and recorded by the unit), and the other tenants go on. The run is
+ * one row in the ledger; only tenants the run changed or failed get a row of their own.
  */
 export async function runTenants(
-  knex: Knex,
-  migrations: readonly Migration[],
-  settings: RunSettings,
-  options: FanoutOptions,
+  ctx: FanoutContext,
+  plan: FanoutPlan,
+  options: TenantRunOptions = {},
 ): Promise<FanoutReport> {
   const started = Date.now();
-  await assertRegistry(knex);
-  const tenants = await selectTenants(knex, options.orgIds, settings.trackDigest ?? false);
+  const tenants = await selectTenants(ctx.knex, options.orgIds, ctx.capabilities.digest);
   const reports: TenantReport[] = [];
   const emit = (report: TenantReport): void => {
     reports.push(report);
     options.onTenant?.(report);
   };
-  const queue: Tenant[] = [];
-  const active = tenants.filter((t) => t.status === 'ACTIVE');
-  const bySchema = new Map(active.map((t) => [t.schema, t]));
+  const ledgerRun = ctx.capabilities.ledger ? await openRun(ctx.knex, identity(ctx, plan)) : undefined;
+  const books = new RunBooks({
+    knex: ctx.knex,
+    capabilities: ctx.capabilities,
+    scope: 'tenant',
+    migrations: ctx.migrations,
+    recorded: ctx.recorded,
+    ledger: ledgerRun ? { mode: 'run', run: ledgerRun } : { mode: 'none' },
+  });
+  try {
+    const { queue, preliminary } = await classify(ctx, plan, tenants, options.verify ?? false, books);
+    options.onStart?.(tenants.length, queue.length);
+    for (const report of preliminary) emit(report);
+
+    const unitRun = { knex: ctx.knex, migrations: ctx.migrations, settings: ctx.settings, books };
+    let next = 0;
+    let stop = false;
+    const worker = async (): Promise<void> => {
+      while (!stop && next < queue.length) {
+        const { tenant, intent, hint } = queue[next++]!;
+        const t0 = Date.now();
+        const run = await migrateSchema(unitRun, tenantTarget(tenant.schema), {
+          intent,
+          tenant: { orgId: tenant.orgId, schema: tenant.schema },
+          ...(hint ? { hint } : {}),
+        });
+        const report = fromRun(tenant, run, Date.now() - t0);
+        emit(report);
+        if (report.outcome === 'failed' && options.failFast) stop = true;
+      }
+    };
+    const concurrency = Math.max(1, Math.min(options.concurrency ?? ctx.poolMax, ctx.poolMax, queue.length));
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    for (const { tenant } of queue.slice(next)) {
+      emit(skipped(tenant, 'not started: --fail-fast stopped the run after a failure'));
+    }
+    const totals = totalsOf(reports);
+    await books.close();
+    if (ledgerRun) await finishRun(ctx, ledgerRun, totals);
+    return {
+      direction: plan.direction,
+      runId: ledgerRun?.id ?? null,
+      tenants: reports,
+      totals,
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    ledgerRun?.stopHeartbeat();
+  }
+}
+
+async function finishRun(ctx: FanoutContext, run: OpenRun, totals: Totals): Promise<void> {
+  await closeRun(ctx.knex, run, totals, totals.failed > 0 ? 'failed' : 'succeeded');
+  await pruneLedger(ctx.knex, ctx.retention);
+}
+
+function identity(ctx: FanoutContext, plan: FanoutPlan): RunIdentity {
+  return {
+    command: plan.command,
+    kind: plan.kind,
+    direction: plan.direction,
+    flags: plan.flags,
+    folderDigest: folderDigest(ctx.migrations),
+    ...(plan.rollsBack !== undefined ? { rollsBack: plan.rollsBack } : {}),
+  };
+}
+
+/**
+ * Sorts the tenants: not ACTIVE or left alone by the plan (skipped), up to date (the registry
+ * digest equals the folder's and no error is recorded, or a catalog scan finds nothing to do),
+ * and the rest, queued with what the scan saw.
+ */
+async function classify(
+  ctx: FanoutContext,
+  plan: FanoutPlan,
+  tenants: readonly Tenant[],
+  verify: boolean,
+  books: RunBooks,
+): Promise<{ queue: Queued[]; preliminary: TenantReport[] }> {
+  const queue: Queued[] = [];
   const preliminary: TenantReport[] = [];
+  const localDigest = folderDigest(ctx.migrations);
+  const trustDigest = plan.direction === 'up' && ctx.capabilities.digest && !verify;
+  const toScan: { tenant: Tenant; intent: Intent }[] = [];
   for (const tenant of tenants) {
-    if (tenant.status !== 'ACTIVE') preliminary.push(skipped(tenant, `status is ${tenant.status}, not ACTIVE`));
-  }
-  // Up-to-date tenants cost nothing: the registry digest, written with each tenant's tracking
-  // rows, equals the folder's. Only the others have their tracking tables read.
-  const localDigest = digestOf(migrations.map((m) => m.name));
-  const digestKept = options.direction === 'up' && settings.trackDigest === true;
-  const scannable: Tenant[] = [];
-  for (const tenant of active) {
+    if (tenant.status !== 'ACTIVE') {
+      preliminary.push(skipped(tenant, `status is ${tenant.status}, not ACTIVE`));
+      continue;
+    }
+    const intent = plan.intentFor(tenant);
+    if ('skip' in intent) preliminary.push(skipped(tenant, intent.skip));
     // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
-    if (!isTenantSchemaName(tenant.schema)) queue.push(tenant);
-    else if (digestKept && !options.verify && tenant.migrationsDigest === localDigest)
+    else if (!isTenantSchemaName(tenant.schema)) queue.push({ tenant, intent, hint: undefined });
+    else if (trustDigest && tenant.migrationsDigest === localDigest && tenant.lastMigrationError === null) {
+      books.noteComplete();
       preliminary.push(upToDate(tenant));
-    else scannable.push(tenant);
+    } else toScan.push({ tenant, intent });
   }
-  for await (const states of scanSchemas(
-    knex,
-    scannable.map((t) => t.schema),
-    TENANT_TRACKING_TABLE,
-    Math.min(4, options.concurrency),
-  )) {
+  const bySchema = new Map(toScan.map((t) => [t.tenant.schema, t]));
+  const schemas = toScan.map((t) => t.tenant.schema);
+  const parallel = Math.min(4, ctx.poolMax);
+  for await (const states of scanSchemas(ctx.knex, schemas, TENANT_TRACKING_TABLE, parallel)) {
     for (const [schema, state] of states) {
-      const tenant = bySchema.get(schema)!;
-      // A missing schema is left to the run, which reports it under the tenant's lock like any
+      const { tenant, intent } = bySchema.get(schema)!;
+      // A missing schema is left to the unit, which reports it under the tenant's lock like any
       // other failure (so --fail-fast and progress count it).
       if (!state.exists) {
-        queue.push(tenant);
+        queue.push({ tenant, intent, hint: [] });
         continue;
       }
-      const plan =
-        options.direction === 'up'
-          ? planUp(migrations, state.applied)
-          : planDown(migrations, state.applied, options.all ?? false);
-      // Up to date but with a stale digest: the run (under the tenant's lock) writes the digest.
-      const staleDigest = digestKept && tenant.migrationsDigest !== localDigest;
-      if (plan.steps.length === 0 && plan.missing.length === 0 && !staleDigest) preliminary.push(upToDate(tenant));
-      else queue.push(tenant);
+      const scanned = planFor(intent, ctx.migrations, state.applied);
+      // Up to date but with a stale digest or an old error: the unit (under the lock) puts it right.
+      const stale =
+        plan.direction === 'up' &&
+        ((ctx.capabilities.digest && tenant.migrationsDigest !== localDigest) || tenant.lastMigrationError !== null);
+      const idle = scanned.steps.length === 0 && scanned.missing.length === 0 && scanned.blockedBy.length === 0;
+      if (idle && !stale) {
+        if (plan.direction === 'up') books.noteComplete();
+        preliminary.push(upToDate(tenant));
+      } else queue.push({ tenant, intent, hint: state.applied });
     }
   }
-  options.onStart?.(tenants.length, queue.length);
-  for (const report of preliminary) emit(report);
-  await recordErrors(knex, preliminary, tenants);
-
-  let next = 0;
-  let stop = false;
-  const worker = async (): Promise<void> => {
-    while (!stop && next < queue.length) {
-      const tenant = queue[next++]!;
-      const t0 = Date.now();
-      const run = isTenantSchemaName(tenant.schema)
-        ? await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, options.direction, {
-            all: options.all ?? false,
-          })
-        : refusedSchema(tenant.schema, options.direction);
-      const report: TenantReport = {
-        orgId: tenant.orgId,
-        schema: tenant.schema,
-        status: tenant.status,
-        outcome: run.outcome,
-        migrations: run.migrations,
-        warnings: run.warnings,
-        error: run.error,
-        durationMs: Date.now() - t0,
-      };
-      await recordErrors(knex, [report], [tenant]);
-      emit(report);
-      if (report.outcome === 'failed' && options.failFast) stop = true;
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, queue.length)) }, worker));
-  for (const tenant of queue.slice(next))
-    emit(skipped(tenant, 'not started: --fail-fast stopped the run after a failure'));
-  return {
-    direction: options.direction,
-    tenants: reports,
-    totals: totalsOf(reports),
-    durationMs: Date.now() - started,
-  };
+  return { queue, preliminary };
 }
 
 async function selectTenants(
@@ -163,43 +240,23 @@ async function selectTenants(
   const tenants = await listTenants(knex, { orgIds, withDigest });
   const found = new Set(tenants.map((t) => t.orgId));
   const unknown = orgIds.filter((id) => !found.has(id));
-  if (unknown.length > 0)
+  if (unknown.length > 0) {
     throw new UsageError(`Not registered: ${unknown.join(', ')} (provision them with pnpm provision:tenant)`, {
       code: 'E_UNKNOWN_TENANT',
     });
+  }
   return tenants;
 }
 
-/** Keeps `last_migration_error` true: set on failure, cleared on the next success. */
-async function recordErrors(knex: Knex, reports: readonly TenantReport[], tenants: readonly Tenant[]): Promise<void> {
-  const previous = new Map(tenants.map((t) => [t.schema, t.lastMigrationError]));
-  for (const report of reports) {
-    if (report.outcome === 'skipped') continue;
-    const message = report.error?.message ?? null;
-    if (message === (previous.get(report.schema) ?? null)) continue;
-    try {
-      await setMigrationError(knex, report.schema, message);
-    } catch {
-      // Bookkeeping must not turn a tenant's result into a crash (the server may be gone); the report still says it.
-    }
-  }
-}
-
-/** The report of a tenant whose registry row names a schema the toolkit would not derive. */
-function refusedSchema(schema: string, direction: 'up' | 'down'): SchemaRunReport {
+function fromRun(tenant: Tenant, run: SchemaRunReport, durationMs: number): TenantReport {
   return {
-    schema,
-    outcome: 'failed',
-    direction,
-    batch: null,
-    migrations: [],
-    results: [],
-    warnings: [],
-    error: {
-      migration: null,
-      message: `registry schema name ${JSON.stringify(schema)} is not a tenant schema (tid_ + hex); refusing to migrate it`,
-      code: 'E_SCHEMA_NAME',
-    },
+    ...base(tenant),
+    outcome: run.outcome,
+    migrations: run.migrations,
+    batch: run.batch,
+    warnings: run.warnings,
+    error: run.error,
+    durationMs,
   };
 }
 
@@ -217,6 +274,7 @@ function base(tenant: Tenant): Omit<TenantReport, 'outcome' | 'error'> {
     schema: tenant.schema,
     status: tenant.status,
     migrations: [],
+    batch: null,
     warnings: [],
     durationMs: 0,
   };

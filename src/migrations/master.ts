@@ -1,8 +1,10 @@
 import type { Knex } from 'knex';
-import { recordChecksums, verifyChecksums } from './checksums.ts';
-import { type RunSettings, runSchema, type SchemaRunReport } from './runner.ts';
+import { NO_CAPABILITIES, RunBooks } from './books.ts';
+import { verifyChecksums } from './checksums.ts';
+import { UP } from './plan.ts';
 import type { Migration } from './source.ts';
 import { MASTER_TARGET } from './targets.ts';
+import { migrateSchema, type RunSettings, type SchemaRunReport } from './unit.ts';
 
 /**
  * Applies pending master migrations to `public` as one batch (or reverts the last batch, or
@@ -16,14 +18,17 @@ export async function runMaster(
   options: { all?: boolean } = {},
 ): Promise<SchemaRunReport> {
   const recorded = await verifyChecksums(knex, 'master', migrations);
-  const report = await runSchema(knex, MASTER_TARGET, migrations, settings, direction, options);
-  if (direction === 'up' && report.migrations.length > 0) {
-    await recordChecksums(
-      knex,
-      'master',
-      migrations.filter((m) => report.migrations.includes(m.name)),
-      recorded,
-    );
-  }
+  const books = new RunBooks({
+    knex,
+    capabilities: NO_CAPABILITIES,
+    scope: 'master',
+    migrations,
+    recorded,
+    ledger: { mode: 'none' },
+  });
+  const intent =
+    direction === 'up' ? UP : ({ direction, scope: { kind: options.all ? 'all' : 'last-batch' } } as const);
+  const report = await migrateSchema({ knex, migrations, settings, books }, MASTER_TARGET, { intent });
+  if (report.migrations.length > 0) await books.close();
   return report;
 }

@@ -3,7 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Knex } from 'knex';
-import { describeError, MigrationSourceError } from '../errors.ts';
+import { MigrationSourceError, messageOf } from '../errors.ts';
 
 /** What a migration file exports: Knex's own module shape. */
 export interface MigrationModule {
@@ -68,7 +68,7 @@ function checkDuplicates(files: readonly string[]): void {
 function loadErrorLine(error: unknown): string {
   const text = (error as Error | undefined)?.message ?? String(error);
   const located = text.split('\n').find((line) => /:\d+:\d+: ERROR: /.test(line));
-  return located ? located.replace(/^.*[\\/]/, '').trim() : describeError(error);
+  return located ? located.replace(/^.*[\\/]/, '').trim() : messageOf(error);
 }
 
 export function checksumOf(content: string): string {

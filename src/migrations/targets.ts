@@ -1,5 +1,5 @@
 import { tenantSearchPath } from '../db/identifiers.ts';
-import type { SchemaTarget } from './runner.ts';
+import type { SchemaTarget } from './tracking.ts';
 
 export const MASTER_TRACKING_TABLE = 'knex_migrations_master';
 export const TENANT_TRACKING_TABLE = 'knex_migrations_tenant';
@@ -14,5 +14,5 @@ export const MASTER_TARGET: SchemaTarget = {
 
 /** A tenant's schema first, `public` after it (for extension types such as `vector`). */
 export function tenantTarget(schema: string): SchemaTarget {
-  return { schema, trackingTable: TENANT_TRACKING_TABLE, searchPath: tenantSearchPath(schema), registryDigest: true };
+  return { schema, trackingTable: TENANT_TRACKING_TABLE, searchPath: tenantSearchPath(schema), tenant: true };
 }

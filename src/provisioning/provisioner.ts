@@ -1,19 +1,15 @@
 import type { Knex } from 'knex';
-import { lockForTransaction } from '../db/locks.ts';
-import { describeError, ToolkitError } from '../errors.ts';
-import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
-import {
-  MigrationFailedError,
-  migrateInTransaction,
-  type RunFailure,
-  type RunSettings,
-  runSchema,
-} from '../migrations/runner.ts';
+import { SQLSTATE } from '../db/pg-errors.ts';
+import { RegistryMissingError, ToolkitError } from '../errors.ts';
+import { CapabilityMemo, RunBooks } from '../migrations/books.ts';
+import { verifyChecksums } from '../migrations/checksums.ts';
+import { folderDigest, UP } from '../migrations/plan.ts';
 import type { Migration } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
+import { readApplied } from '../migrations/tracking.ts';
+import { failureOf, migrateSchema, type RunFailure, type RunSettings } from '../migrations/unit.ts';
 import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
 import {
-  assertRegistry,
   claimTenant,
   findTenantByOrgId,
   findTenantBySchema,
@@ -25,12 +21,16 @@ import {
 import { ensureExtensions } from './extensions.ts';
 
 /**
- * What a long-lived caller (a toolkit serving webhooks) has already established and need not
- * check again: the registry exists, and these checksums are verified.
+ * What a long-lived caller (a toolkit serving webhooks) remembers between calls: which
+ * bookkeeping tables exist (re-checked while one is missing) and which checksums are verified.
  */
 export interface ProvisionMemo {
-  registry?: boolean;
+  readonly capabilities: CapabilityMemo;
   verified?: ReadonlySet<string>;
+}
+
+export function provisionMemo(): ProvisionMemo {
+  return { capabilities: new CapabilityMemo() };
 }
 
 export interface ProvisionOptions {
@@ -46,6 +46,7 @@ export interface ProvisionReport {
   readonly schema: string;
   /** `provisioned` now, `already-active` before this call, or `failed` (registry says FAILED). */
   readonly outcome: 'provisioned' | 'already-active' | 'failed';
+  /** Migrations applied and committed by this call (also when it failed part-way, see the README). */
   readonly migrations: readonly string[];
   readonly durationMs: number;
   readonly error: RunFailure | null;
@@ -62,83 +63,114 @@ export class OrphanSchemaError extends ToolkitError {
 }
 
 /**
- * Provisions one organisation: registers it PROVISIONING, makes sure the extensions exist,
- * then in ONE transaction (locked on the schema, as tenant migrations are) creates the schema,
- * applies every tenant migration and sets ACTIVE. A crash or a failing migration leaves no
- * schema behind, only the registry row (FAILED with the reason, or PROVISIONING after a
- * crash), and provisioning again resumes. Concurrent calls for one org queue on the lock and
- * all return the same schema. Throws only for bad input (UsageError) and a missing registry.
+ * Provisions one organisation: registers it PROVISIONING, makes sure the extensions exist, then
+ * runs the per-tenant unit with two hooks of its own: under the schema's lock it creates the
+ * schema, and with the last step it sets the tenant ACTIVE. When every tenant migration may run
+ * in a transaction that is ONE transaction: a crash or a failing migration leaves no schema
+ * behind, only the registry row (FAILED with the reason, or PROVISIONING after a crash), and
+ * provisioning again resumes. With a `transaction: false` migration the steps commit one by
+ * one (as Knex runs them): a failure leaves the schema with the steps that committed, the tenant
+ * FAILED naming the migration, and provisioning again continues from there. Concurrent calls for
+ * one org queue on the lock and all return the same schema. Throws only for bad input
+ * (UsageError) and a missing registry.
  */
 export async function provision(knex: Knex, orgId: string, options: ProvisionOptions): Promise<ProvisionReport> {
   const started = Date.now();
   validateOrgId(orgId);
-  const memo = options.memo ?? {};
-  if (!memo.registry) {
-    await assertRegistry(knex);
-    memo.registry = true;
-  }
+  const memo = options.memo ?? provisionMemo();
+  const capabilities = await memo.capabilities.get(knex);
+  if (!capabilities.registry) throw new RegistryMissingError();
   const recorded = memo.verified ?? (await verifyChecksums(knex, 'tenant', options.migrations));
   const tenant = await claim(knex, orgId);
   const result = (
     outcome: ProvisionReport['outcome'],
     migrations: readonly string[],
-    error: unknown = null,
+    error: RunFailure | null = null,
   ): ProvisionReport => ({
     orgId,
     schema: tenant.schema,
     outcome,
     migrations,
     durationMs: Date.now() - started,
-    error:
-      error === null
-        ? null
-        : {
-            migration: error instanceof MigrationFailedError ? error.migration : null,
-            message: describeError(error),
-            code: (error as { code?: string }).code ?? null,
-          },
+    error,
   });
-  // An ACTIVE tenant has every local file applied: record any checksum a crashed run left unrecorded.
+  const books = new RunBooks({
+    knex,
+    capabilities,
+    scope: 'tenant',
+    migrations: options.migrations,
+    recorded,
+    ledger: {
+      mode: 'per-call',
+      identity: {
+        command: 'provision:tenant',
+        kind: 'provision',
+        direction: 'up',
+        flags: { orgId },
+        folderDigest: folderDigest(options.migrations),
+      },
+    },
+  });
+  // Already ACTIVE (before or while we waited): nothing to apply; record the checksums of what its
+  // schema holds (a crash after its commit may have left them unrecorded), and only those: a file
+  // still pending for it may yet change.
   const alreadyActive = async (): Promise<ProvisionReport> => {
-    await recordChecksums(knex, 'tenant', options.migrations, recorded);
-    memo.verified = new Set(options.migrations.map((m) => m.name));
+    const applied = await readApplied(knex, tenantTarget(tenant.schema)).catch(() => []);
+    books.noteApplied(applied.map((row) => row.name));
+    await books.close();
+    memo.verified = new Set([...recorded, ...applied.map((row) => row.name)]);
     return result('already-active', []);
   };
   if (tenant.status === 'ACTIVE') return alreadyActive();
+  const fail = async (failure: RunFailure, migrations: readonly string[]): Promise<ProvisionReport> => {
+    await markTenantFailed(knex, orgId, failure.message).catch(() => undefined);
+    return result('failed', migrations, failure);
+  };
   try {
     if (tenant.status === 'FAILED') await setTenantStatus(knex, orgId, 'PROVISIONING');
     // Checked every time (one query): an extension can be dropped under a long-lived process.
     await ensureExtensions(knex, options.extensions);
-    const target = tenantTarget(tenant.schema);
-    const outcome = await knex.transaction(async (trx) => {
-      await lockForTransaction(trx, tenant.schema);
-      // A concurrent provisioner may have finished while we waited for the lock.
-      if ((await findTenantByOrgId(trx, orgId))?.status === 'ACTIVE') return undefined;
-      await trx.raw('create schema if not exists ??', [tenant.schema]);
-      const run = await migrateInTransaction(trx, target, options.migrations, options.settings, {
-        alreadyLocked: true,
-      });
-      if (run.complete) await setTenantStatus(trx, orgId, 'ACTIVE');
-      return run;
-    });
-    if (outcome === undefined) return alreadyActive();
-    let applied = outcome.applied;
-    if (!outcome.complete) {
-      // Steps declaring `transaction: false` cannot share the transaction; they run now, and the
-      // tenant turns ACTIVE only once they have.
-      const rest = await runSchema(knex, target, options.migrations, options.settings, 'up');
-      applied = [...applied, ...rest.migrations];
-      if (rest.error) throw new ToolkitError(rest.error.code ?? 'E_MIGRATION', rest.error.message);
-      await setTenantStatus(knex, orgId, 'ACTIVE');
-    }
-    const newlyApplied = options.migrations.filter((m) => applied.includes(m.name));
-    await recordChecksums(knex, 'tenant', newlyApplied, recorded);
-    memo.verified = new Set([...recorded, ...newlyApplied.map((m) => m.name)]);
-    return result('provisioned', applied);
   } catch (error) {
-    await markTenantFailed(knex, orgId, describeError(error)).catch(() => undefined);
-    return result('failed', [], error);
+    return fail(failureOf(error), []);
   }
+  let activeMeanwhile = false;
+  const run = await migrateSchema(
+    { knex, migrations: options.migrations, settings: options.settings, books },
+    tenantTarget(tenant.schema),
+    {
+      intent: UP,
+      tenant: { orgId, schema: tenant.schema },
+      hint: [],
+      prepare: async (conn) => {
+        // A concurrent provisioner may have finished while we waited for the lock.
+        if ((await findTenantByOrgId(conn, orgId))?.status === 'ACTIVE') {
+          activeMeanwhile = true;
+          return false;
+        }
+        await conn.raw('create schema if not exists ??', [tenant.schema]);
+        return true;
+      },
+      complete: (conn) => setTenantStatus(conn, orgId, 'ACTIVE'),
+    },
+  );
+  if (activeMeanwhile) return alreadyActive();
+  if (run.error) {
+    // A remembered table that is gone (a rolled-back master migration): look again next time.
+    if (isUndefinedObject(run.error.code)) memo.capabilities.forget();
+    return fail(run.error, run.migrations);
+  }
+  try {
+    await books.close();
+  } catch (error) {
+    // After the commit: the tenant is ACTIVE (markTenantFailed leaves it so); the report says what failed.
+    return fail(failureOf(error), run.migrations);
+  }
+  memo.verified = new Set([...recorded, ...run.migrations]);
+  return result('provisioned', run.migrations);
+}
+
+function isUndefinedObject(code: string | null): boolean {
+  return code === SQLSTATE.UNDEFINED_TABLE || code === SQLSTATE.UNDEFINED_COLUMN;
 }
 
 /**

@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { DEFAULTS, parseDuration } from '../config/config.ts';
 import { tenantSearchPath } from '../db/identifiers.ts';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
-import { ConfigError, describeError, RegistryMissingError } from '../errors.ts';
+import { ConfigError, messageOf, RegistryMissingError } from '../errors.ts';
 import type { MigrationSource } from '../migrations/source.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { findTenantByOrgId } from '../tenants/registry.ts';
@@ -170,7 +170,7 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
       try {
         validateOrgId(orgId);
       } catch (error) {
-        throw new TenantNotFoundError(String(orgId), `the org id is malformed (${describeError(error)})`);
+        throw new TenantNotFoundError(String(orgId), `the org id is malformed (${messageOf(error)})`);
       }
       for (let attempt = 0; ; attempt++) {
         const tenant = await resolve(orgId, attempt > 0);
@@ -214,7 +214,7 @@ async function registryQuery<T>(query: () => Promise<T>): Promise<T> {
   try {
     return await query();
   } catch (error) {
-    if (sqlState(error) === SQLSTATE.UNDEFINED_TABLE && /\btenants\b/.test(describeError(error)))
+    if (sqlState(error) === SQLSTATE.UNDEFINED_TABLE && /\btenants\b/.test(messageOf(error)))
       throw new RegistryMissingError();
     throw error;
   }

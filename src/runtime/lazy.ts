@@ -1,11 +1,10 @@
 import type { Knex } from 'knex';
-import { sqlState } from '../db/pg-errors.ts';
-import { describeError, ToolkitError } from '../errors.ts';
-import { recordChecksums, verifyChecksums } from '../migrations/checksums.ts';
-import { type RunFailure, type RunSettings, runSchema } from '../migrations/runner.ts';
+import { CapabilityMemo, RunBooks } from '../migrations/books.ts';
+import { verifyChecksums } from '../migrations/checksums.ts';
+import { folderDigest, UP } from '../migrations/plan.ts';
 import type { Migration, MigrationSource } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
-import { setMigrationError } from '../tenants/registry.ts';
+import { failureOf, migrateSchema, type RunFailure, type RunSettings } from '../migrations/unit.ts';
 import { ExpiringLru } from './cache.ts';
 
 /** One lazy migration run of one tenant, as reported to the hooks. */
@@ -48,15 +47,13 @@ export class LazyMigrator {
   readonly #options: LazyMigratorOptions;
   readonly #runs: ExpiringLru<string, Promise<void>>;
   #loaded: Promise<LoadedMigrations> | undefined;
-  /** `last_migration_error` values this process wrote, by schema. */
-  readonly #written: ExpiringLru<string, string | null>;
+  readonly #capabilities = new CapabilityMemo();
   runs = 0;
   failures = 0;
 
   constructor(options: LazyMigratorOptions) {
     this.#options = options;
     this.#runs = new ExpiringLru(options.max, options.now);
-    this.#written = new ExpiringLru(options.max, options.now);
   }
 
   /** Resolves once the tenant has been brought up to date (or the attempt has failed and been reported). */
@@ -73,11 +70,7 @@ export class LazyMigrator {
     return run;
   }
 
-  async #run(tenant: {
-    readonly orgId: string;
-    readonly schema: string;
-    readonly lastMigrationError: string | null;
-  }): Promise<void> {
+  async #run(tenant: { readonly orgId: string; readonly schema: string }): Promise<void> {
     this.runs++;
     const started = this.#options.now();
     const { knex, settings } = this.#options;
@@ -85,45 +78,35 @@ export class LazyMigrator {
     let event: LazyMigrationEvent;
     try {
       const { migrations, recorded } = await this.#load();
-      const report = await runSchema(knex, tenantTarget(tenant.schema), migrations, settings, 'up');
-      event = {
-        ...who,
-        outcome: report.outcome,
-        migrations: report.migrations,
-        error: report.error,
-        durationMs: this.#options.now() - started,
-      };
-      if (report.migrations.length > 0) {
-        const applied = new Set(report.migrations);
-        await recordChecksums(
-          knex,
-          'tenant',
-          migrations.filter((m) => applied.has(m.name)),
-          recorded,
-        ).catch(() => undefined);
-      }
+      // The unit keeps the bookkeeping (tracking rows, digest, last error, a one-tenant ledger run).
+      const books = new RunBooks({
+        knex,
+        capabilities: await this.#capabilities.get(knex),
+        scope: 'tenant',
+        migrations,
+        recorded,
+        ledger: {
+          mode: 'per-call',
+          identity: {
+            command: 'lazy',
+            kind: 'lazy',
+            direction: 'up',
+            flags: {},
+            folderDigest: folderDigest(migrations),
+          },
+        },
+      });
+      const report = await migrateSchema({ knex, migrations, settings, books }, tenantTarget(tenant.schema), {
+        intent: UP,
+        tenant: who,
+      });
+      if (report.migrations.length > 0) await books.close().catch(() => undefined);
+      event = { ...who, outcome: report.outcome, migrations: report.migrations, error: report.error, durationMs: 0 };
     } catch (error) {
-      // Only loading (a bad file, a checksum mismatch) or the server itself can land here: runSchema reports, it does not throw.
-      const code = error instanceof ToolkitError ? error.code : (sqlState(error) ?? null);
-      event = {
-        ...who,
-        outcome: 'failed',
-        migrations: [],
-        error: { migration: null, message: describeError(error), code },
-        durationMs: this.#options.now() - started,
-      };
+      // Only loading (a bad file, a checksum mismatch) can land here: the unit reports, it does not throw.
+      event = { ...who, outcome: 'failed', migrations: [], error: failureOf(error), durationMs: 0 };
     }
-    // Bookkeeping for `status` (best effort: it must not fail the request). The registry row was
-    // read when the tenant was looked up; what this process wrote since is remembered here.
-    const message = event.error?.message ?? null;
-    const written = this.#written.get(tenant.schema);
-    const known = written === undefined ? tenant.lastMigrationError : written;
-    if (message !== known) {
-      await setMigrationError(knex, tenant.schema, message).then(
-        () => this.#written.set(tenant.schema, message, Infinity),
-        () => undefined,
-      );
-    }
+    event = { ...event, durationMs: this.#options.now() - started };
     if (event.outcome === 'failed') {
       this.failures++;
       this.#runs.set(tenant.schema, Promise.resolve(), this.#options.retryAfterMs);

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { withToolkit } from '../context.ts';
-import { createOutput, renderMasterRun, renderProvision, renderStatus } from '../render.ts';
-import { runFanout } from './tenants.ts';
+import { createOutput, masterRun, provisionRun, show, statusReport } from '../render.ts';
+import { migrateTenants } from './tenants.ts';
 
 export const DEMO_ORGS = ['default_tenant', 'org_demo_acme', 'org_demo_globex'] as const;
 
@@ -14,9 +14,9 @@ export function registerDemo(program: Command): void {
     .action(async () => {
       const out = createOutput(false);
       await withToolkit({}, async (tk) => {
-        out.line(pc.bold(`1. Master migrations on ${tk.describe}`));
+        out.line(pc.bold(`1. Master migrations on ${tk.location}`));
         const master = await tk.migrateMaster();
-        renderMasterRun(out, master);
+        show(out, masterRun, master);
         if (master.error) {
           process.exitCode = 1;
           return;
@@ -24,13 +24,13 @@ export function registerDemo(program: Command): void {
         out.line(pc.bold('\n2. Provision tenants'));
         for (const orgId of DEMO_ORGS) {
           const report = await tk.provisionTenant(orgId);
-          renderProvision(out, report);
+          show(out, provisionRun, report);
           if (report.outcome === 'failed') process.exitCode = 1;
         }
         out.line(pc.bold('\n3. Migrate every tenant'));
-        await runFanout(tk, out, 'migrate:tenants', 'up', {});
+        await migrateTenants(tk, out, 'migrate:tenants', {});
         out.line(pc.bold('\n4. Status'));
-        renderStatus(out, await tk.status());
+        show(out, statusReport, await tk.status());
       });
     });
 }

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { type CommonOptions, withToolkit } from '../context.ts';
-import { createOutput, renderMasterRun } from '../render.ts';
+import { createOutput, masterRun, show } from '../render.ts';
 
 /** `migrate:master` and `rollback:master`. */
 export function registerMaster(program: Command): void {
@@ -10,9 +10,8 @@ export function registerMaster(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
     .action(async (options: CommonOptions) => {
-      const out = createOutput(options.json ?? false);
       const report = await withToolkit(options, (tk) => tk.migrateMaster());
-      renderMasterRun(out, report);
+      show(createOutput(options.json ?? false), masterRun, report);
       if (report.error) process.exitCode = 1;
     });
 
@@ -23,9 +22,8 @@ export function registerMaster(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
     .action(async (options: CommonOptions & { all?: boolean }) => {
-      const out = createOutput(options.json ?? false);
       const report = await withToolkit(options, (tk) => tk.rollbackMaster({ all: options.all ?? false }));
-      renderMasterRun(out, report);
+      show(createOutput(options.json ?? false), masterRun, report);
       if (report.error) process.exitCode = 1;
     });
 }

@@ -1,29 +1,27 @@
 import type { Command } from 'commander';
 import { withToolkit } from '../context.ts';
-import { createOutput, type Output, renderMasterRun } from '../render.ts';
-import { runFanout, type TenantFlags, tenantFlags } from './tenants.ts';
+import { createOutput, masterRun, type Output, show } from '../render.ts';
+import { migrateTenants, type TenantFlags, tenantFlags } from './tenants.ts';
 
 /** `migrate`: master, then every tenant — the one command a deploy job runs. */
 export function registerMigrate(program: Command): void {
   tenantFlags(
     program.command('migrate').description('apply master migrations, then tenant migrations to every ACTIVE tenant'),
-  )
-    .option('--fail-fast', 'start no new tenant after the first failure')
-    .action(async (flags: TenantFlags) => {
-      const json = flags.json ?? false;
-      const out = createOutput(json);
-      await withToolkit(flags, async (tk) => {
-        const master = await tk.migrateMaster();
-        if (!json) renderMasterRun(out, master);
-        if (master.error) {
-          process.exitCode = 1;
-          out.document({ command: 'migrate', master, tenants: null });
-          return;
-        }
-        // In --json mode the tenant part renders nothing of its own: one document for the whole command.
-        const silent: Output = { json: true, line: () => undefined, document: () => undefined };
-        const tenants = await runFanout(tk, json ? silent : out, 'migrate:tenants', 'up', flags);
-        out.document({ command: 'migrate', master, tenants });
-      });
+  ).action(async (flags: TenantFlags) => {
+    const json = flags.json ?? false;
+    const out = createOutput(json);
+    await withToolkit(flags, async (tk) => {
+      const master = await tk.migrateMaster();
+      if (!json) show(out, masterRun, master);
+      if (master.error) {
+        process.exitCode = 1;
+        out.document({ command: 'migrate', master, tenants: null });
+        return;
+      }
+      // In --json mode the tenant part renders nothing of its own: one document for the whole command.
+      const silent: Output = { json: true, line: () => undefined, document: () => undefined };
+      const tenants = await migrateTenants(tk, json ? silent : out, 'migrate', flags);
+      out.document({ command: 'migrate', master, tenants });
     });
+  });
 }

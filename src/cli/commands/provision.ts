@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { validateOrgId } from '../../tenants/naming.ts';
 import { type CommonOptions, withToolkit } from '../context.ts';
-import { createOutput, renderProvision } from '../render.ts';
+import { createOutput, provisionRun, show } from '../render.ts';
 
 /** `provision:tenant <org_id>`: create, migrate and activate one organisation's schema. */
 export function registerProvision(program: Command): void {
@@ -13,9 +13,8 @@ export function registerProvision(program: Command): void {
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
     .action(async (orgId: string, options: CommonOptions) => {
       validateOrgId(orgId); // before connecting: bad input writes nothing
-      const out = createOutput(options.json ?? false);
       const report = await withToolkit(options, (tk) => tk.provisionTenant(orgId));
-      renderProvision(out, report);
+      show(createOutput(options.json ?? false), provisionRun, report);
       if (report.outcome === 'failed') process.exitCode = 1;
     });
 }

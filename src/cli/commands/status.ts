@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
 import { type CommonOptions, withToolkit } from '../context.ts';
-import { createOutput, renderStatus } from '../render.ts';
+import { createOutput, show, statusReport } from '../render.ts';
 
-/** `migrate:status` (alias `status`): master history and where every tenant stands. */
+/** `migrate:status` (alias `status`): master history, where every tenant stands, the last run. */
 export function registerStatus(program: Command): void {
   program
     .command('migrate:status')
@@ -10,8 +10,7 @@ export function registerStatus(program: Command): void {
     .description('show master history and every tenant: status, applied count, pending migrations')
     .option('--json', 'print one JSON document')
     .action(async (options: CommonOptions) => {
-      const out = createOutput(options.json ?? false);
       const report = await withToolkit(options, (tk) => tk.status());
-      renderStatus(out, report);
+      show(createOutput(options.json ?? false), statusReport, report);
     });
 }

@@ -1,15 +1,25 @@
+import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
-import type { FanoutReport } from '../../migrations/fanout.ts';
+import { UsageError } from '../../errors.ts';
+import type { FanoutReport, TenantRunOptions } from '../../migrations/fanout.ts';
+import type { RollbackOptions } from '../../migrations/rollback.ts';
 import type { Toolkit } from '../../toolkit.ts';
 import { type CommonOptions, collect, positiveInteger, withToolkit } from '../context.ts';
-import { createOutput, fanoutProgress, type Output, renderFanout } from '../render.ts';
+import { createOutput, fanoutProgress, fanoutRun, type Output, show } from '../render.ts';
 
 export interface TenantFlags extends CommonOptions {
   readonly tenant?: string[];
   readonly concurrency?: number;
   readonly failFast?: boolean;
-  readonly all?: boolean;
   readonly verify?: boolean;
+}
+
+interface RollbackFlags extends TenantFlags {
+  readonly run?: number;
+  readonly cascade?: boolean;
+  readonly lastBatch?: boolean;
+  readonly all?: boolean;
+  readonly yes?: boolean;
 }
 
 /** Adds the flags shared by the tenant fan-out commands. */
@@ -21,56 +31,103 @@ export function tenantFlags(command: Command): Command {
       'tenants at once (default: the pool size, DB_POOL_MAX)',
       positiveInteger('--concurrency'),
     )
+    .option('--fail-fast', 'start no new tenant after the first failure')
     .option('--verify', "read every tenant's tracking table instead of trusting the registry's digests")
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (default LOCK_TIMEOUT, 10s)')
     .option('--json', 'print one JSON document');
 }
 
-/** Runs a fan-out with progress and renders it; sets exit code 1 when a tenant failed. */
-export async function runFanout(
-  tk: Toolkit,
-  out: Output,
-  command: string,
-  direction: 'up' | 'down',
-  flags: TenantFlags,
-): Promise<FanoutReport> {
-  const progress = fanoutProgress(out, direction === 'up' ? 'Migrating' : 'Rolling back');
-  const options = {
+/** The one settings value of a tenant run, built once from the flags. */
+export function runOptions(flags: TenantFlags): TenantRunOptions {
+  return {
     ...(flags.tenant ? { orgIds: flags.tenant } : {}),
     ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
     failFast: flags.failFast ?? false,
     verify: flags.verify ?? false,
-    onStart: progress.onStart,
-    onTenant: progress.onTenant,
   };
+}
+
+/** Runs a fan-out with progress and renders it; sets exit code 1 when a tenant failed. */
+export async function runFanout(
+  out: Output,
+  command: string,
+  verb: string,
+  run: (progress: Pick<TenantRunOptions, 'onStart' | 'onTenant'>) => Promise<FanoutReport>,
+): Promise<FanoutReport> {
+  const progress = fanoutProgress(out, verb);
   let report: FanoutReport;
   try {
-    report =
-      direction === 'up'
-        ? await tk.migrateTenants(options)
-        : await tk.rollbackTenants({ ...options, all: flags.all ?? false });
+    report = await run({ onStart: progress.onStart, onTenant: progress.onTenant });
   } finally {
     progress.stop();
   }
-  renderFanout(out, command, report);
+  show(out, fanoutRun(command), report);
   if (report.totals.failed > 0) process.exitCode = 1;
   return report;
 }
 
+/** Deploys the tenant migrations (also the tenant part of `migrate`). */
+export function migrateTenants(tk: Toolkit, out: Output, command: string, flags: TenantFlags): Promise<FanoutReport> {
+  return runFanout(out, 'migrate:tenants', 'Migrating', (progress) =>
+    tk.migrateTenants({ ...runOptions(flags), ...progress, command }),
+  );
+}
+
 /** `migrate:tenants` and `rollback:tenants`. */
 export function registerTenants(program: Command): void {
-  tenantFlags(program.command('migrate:tenants').description('apply pending tenant migrations to every ACTIVE tenant'))
-    .option('--fail-fast', 'start no new tenant after the first failure')
-    .action(async (flags: TenantFlags) => {
-      const out = createOutput(flags.json ?? false);
-      await withToolkit(flags, (tk) => runFanout(tk, out, 'migrate:tenants', 'up', flags));
-    });
+  tenantFlags(
+    program.command('migrate:tenants').description('apply pending tenant migrations to every ACTIVE tenant'),
+  ).action(async (flags: TenantFlags) => {
+    const out = createOutput(flags.json ?? false);
+    await withToolkit(flags, (tk) => migrateTenants(tk, out, 'migrate:tenants', flags));
+  });
 
-  tenantFlags(program.command('rollback:tenants').description('roll back the last batch of every ACTIVE tenant'))
-    .option('--all', 'roll back every batch')
-    .option('--fail-fast', 'start no new tenant after the first failure')
-    .action(async (flags: TenantFlags) => {
+  tenantFlags(
+    program
+      .command('rollback:tenants')
+      .description('roll back exactly what the last deploy run applied (tenants it did not migrate are left alone)'),
+  )
+    .option('--run <id>', 'roll back this run instead (see pnpm migrate:runs)', positiveInteger('--run'))
+    .option('--cascade', 'with --run: also roll back later batches that sit on top of it')
+    .option('--last-batch', "roll back each tenant's latest batch, whatever run applied it (asks first)")
+    .option('--all', 'roll back every batch of every selected tenant (asks first)')
+    .option('-y, --yes', 'do not ask for confirmation (needed with --last-batch or --all off a terminal)')
+    .action(async (flags: RollbackFlags) => {
+      const scope = rollbackScope(flags);
+      if (scope.all || scope.lastBatch) await confirm(flags, scope.all ? 'EVERY batch' : 'the latest batch');
       const out = createOutput(flags.json ?? false);
-      await withToolkit(flags, (tk) => runFanout(tk, out, 'rollback:tenants', 'down', flags));
+      await withToolkit(flags, (tk) =>
+        runFanout(out, 'rollback:tenants', 'Rolling back', (progress) =>
+          tk.rollbackTenants({ ...runOptions(flags), ...scope, ...progress }),
+        ),
+      );
     });
+}
+
+function rollbackScope(flags: RollbackFlags): RollbackOptions {
+  const chosen = [flags.run !== undefined, flags.lastBatch, flags.all].filter(Boolean).length;
+  if (chosen > 1) throw new UsageError('Choose one of --run, --last-batch and --all');
+  if (flags.cascade && flags.run === undefined) throw new UsageError('--cascade goes with --run <id>');
+  return {
+    ...(flags.run !== undefined ? { run: flags.run } : {}),
+    ...(flags.cascade ? { cascade: true } : {}),
+    ...(flags.lastBatch ? { lastBatch: true } : {}),
+    ...(flags.all ? { all: true } : {}),
+  };
+}
+
+/** A rollback the ledger does not scope is named twice: on a terminal by typing yes, elsewhere by --yes. */
+async function confirm(flags: RollbackFlags, what: string): Promise<void> {
+  if (flags.yes) return;
+  const who = flags.tenant ? `tenants ${flags.tenant.join(', ')}` : 'EVERY ACTIVE tenant';
+  if (!process.stdin.isTTY || !process.stderr.isTTY) {
+    throw new UsageError(`This rolls back ${what} of ${who} whatever run applied it: add --yes to confirm`);
+  }
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    const answer = await rl.question(`Roll back ${what} of ${who}, whatever run applied it? Type yes: `);
+    if (answer.trim().toLowerCase() !== 'yes') throw new UsageError('Not confirmed: nothing was rolled back');
+  } finally {
+    rl.close();
+  }
 }

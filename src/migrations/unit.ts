@@ -1,0 +1,388 @@
+import type { Knex } from 'knex';
+import { withDedicatedConnection } from '../db/dedicated.ts';
+import { lockForTransaction, lockSession, unlockSession } from '../db/locks.ts';
+import { sqlState } from '../db/pg-errors.ts';
+import { messageOf, ToolkitError } from '../errors.ts';
+import { isTenantSchemaName } from '../tenants/naming.ts';
+import { probeCapabilities, RunBooks, type TenantRef } from './books.ts';
+import {
+  type AppliedMigration,
+  appliedAfter,
+  type Direction,
+  digestOf,
+  type Intent,
+  modeOf,
+  type Plan,
+  planFor,
+  UP,
+} from './plan.ts';
+import type { Migration } from './source.ts';
+import { createTrackingTables, readApplied, type SchemaTarget } from './tracking.ts';
+
+/**
+ * The per-tenant unit: everything that happens to one schema's batch, in one place. It takes the
+ * schema's lock, scopes the search path, makes the tracking table, plans, chooses the
+ * transaction mode before opening anything, runs the steps, writes the bookkeeping through
+ * `RunBooks` and returns a report; an expected failure is reported, never thrown. The fan-out,
+ * the provisioner, the lazy runtime and master runs are strategies around it: they choose which
+ * schemas, on which connection, how many at once.
+ */
+
+export interface RunSettings {
+  /** `lock_timeout` inside migration transactions, in ms; 0 waits forever. */
+  readonly lockTimeoutMs: number;
+}
+
+export type MigrationStatus = 'Success' | 'Error' | 'NotExecuted';
+
+export interface MigrationResult {
+  readonly name: string;
+  readonly direction: Direction;
+  readonly status: MigrationStatus;
+}
+
+export interface RunFailure {
+  readonly migration: string | null;
+  readonly message: string;
+  /** The toolkit's error code or the PostgreSQL SQLSTATE. */
+  readonly code: string | null;
+}
+
+/** The report of one schema's run. Runs report failures here; they do not throw them. */
+export interface SchemaRunReport {
+  readonly schema: string;
+  readonly outcome: 'migrated' | 'up-to-date' | 'failed';
+  readonly direction: Direction;
+  readonly batch: number | null;
+  /** Migrations applied (or reverted) and committed by this run. */
+  readonly migrations: readonly string[];
+  readonly results: readonly MigrationResult[];
+  readonly warnings: readonly string[];
+  readonly error: RunFailure | null;
+}
+
+/** A schema on the registry that does not exist in the database. */
+export class SchemaMissingError extends ToolkitError {
+  constructor(schema: string) {
+    super('E_SCHEMA_MISSING', `schema ${schema} does not exist (refusing to run: its tables would land in public)`);
+  }
+}
+
+/** Applied migrations whose files are gone. */
+export class MissingFilesError extends ToolkitError {
+  constructor(names: readonly string[]) {
+    super('E_MISSING_FILES', `the migration directory is corrupt, applied migrations are missing: ${names.join(', ')}`);
+  }
+}
+
+/** A rollback of one batch that later batches sit on (roll those back first, or `--cascade`). */
+export class RollbackBlockedError extends ToolkitError {
+  constructor(batch: number, later: readonly number[]) {
+    super('E_ROLLBACK_BLOCKED', `batch ${batch} has later batches on top (${later.join(', ')}): use --cascade`);
+  }
+}
+
+/** A registry row names a schema the toolkit would not derive (tid_ + hex). */
+export class SchemaNameError extends ToolkitError {
+  constructor(schema: string) {
+    super(
+      'E_SCHEMA_NAME',
+      `registry schema name ${JSON.stringify(schema)} is not a tenant schema (tid_ + hex); refusing to migrate it`,
+    );
+  }
+}
+
+/** A migration threw; `cause` is the original error. */
+export class MigrationFailedError extends ToolkitError {
+  readonly migration: string;
+  constructor(migration: string, direction: Direction, cause: unknown) {
+    super(sqlState(cause) ?? 'E_MIGRATION', `${migration} (${direction}) failed: ${messageOf(cause)}`, { cause });
+    this.migration = migration;
+  }
+}
+
+/** What one run shares across the schemas it visits: built once, passed down unchanged. */
+export interface UnitRun {
+  readonly knex: Knex;
+  readonly migrations: readonly Migration[];
+  readonly settings: RunSettings;
+  readonly books: RunBooks;
+}
+
+type Conn = Knex | Knex.Transaction;
+
+/** What the unit is asked to do to one schema. */
+export interface UnitRequest {
+  readonly intent: Intent;
+  /** The tenant, for its ledger row (none for `public`). */
+  readonly tenant?: TenantRef;
+  /**
+   * The tracking rows as a prescan saw them, used to choose the run mode before opening
+   * anything (they are read again under the lock). Empty for a schema about to be created;
+   * when absent, they are read first.
+   */
+  readonly hint?: readonly AppliedMigration[];
+  /** Under the lock, before anything else: e.g. create the schema. Resolving false stops: nothing to do. */
+  readonly prepare?: (conn: Conn) => Promise<boolean>;
+  /** After the last step, in the batch's transaction when it has one: e.g. set the tenant ACTIVE. */
+  readonly complete?: (conn: Conn) => Promise<void>;
+}
+
+/** How far a run got: its plan, and the steps committed so far. */
+interface Progress {
+  plan: Plan | undefined;
+  readonly done: string[];
+  readonly started: number;
+}
+
+/** The locked plan holds a `transaction: false` step the hint did not: the history changed meanwhile. */
+const SWITCH_TO_SESSION = Symbol('switch to session mode');
+
+/**
+ * Runs one schema's batch. In `transaction` mode the whole batch, its tracking rows, digest,
+ * ledger row and the caller's `complete` commit together or not at all, under a
+ * transaction-scoped advisory lock and a transaction-local search path. In `session` mode (a
+ * step declares `transaction: false`) the batch runs on one dedicated connection under a session
+ * lock, each step committing with its own bookkeeping, and the session scoping is reset before
+ * the connection goes back to the pool.
+ */
+export async function migrateSchema(
+  run: UnitRun,
+  target: SchemaTarget,
+  request: UnitRequest,
+): Promise<SchemaRunReport> {
+  const progress: Progress = { plan: undefined, done: [], started: Date.now() };
+  try {
+    // A registry row naming `public` (or any non-derived name, e.g. edited by hand) is refused, never opened.
+    if (request.tenant && !isTenantSchemaName(target.schema)) throw new SchemaNameError(target.schema);
+    const hint = request.hint ?? (await readHint(run.knex, target));
+    let mode = modeOf(planFor(request.intent, run.migrations, hint).steps);
+    if (mode === 'transaction') {
+      const result = await run.knex.transaction((trx) => inTransaction(run, target, request, progress, trx));
+      if (result === SWITCH_TO_SESSION) mode = 'session';
+      else progress.done.push(...result);
+    }
+    if (mode === 'session') {
+      await withDedicatedConnection(run.knex, (conn) => stepped(run, target, request, progress, conn));
+    }
+    return report(target.schema, request.intent.direction, progress, null);
+  } catch (error) {
+    const failed = report(target.schema, request.intent.direction, progress, error);
+    await run.books
+      .recordFailure(run.knex, target, request.tenant, {
+        direction: failed.direction,
+        migrations: failed.migrations,
+        batch: failed.batch,
+        error: failed.error,
+        durationMs: Date.now() - progress.started,
+      })
+      .catch(() => undefined /* the report says it; bookkeeping must not turn it into a crash */);
+    return failed;
+  }
+}
+
+/** The tracking rows without a lock (a hint for choosing the mode); none when the schema or table is missing. */
+async function readHint(knex: Knex, target: SchemaTarget): Promise<AppliedMigration[]> {
+  const result = await knex.raw('select to_regclass(format(?, ?::text, ?::text)) is not null as tracked', [
+    '%I.%I',
+    target.schema,
+    target.trackingTable,
+  ]);
+  return result.rows[0]?.tracked ? readApplied(knex, target) : [];
+}
+
+async function inTransaction(
+  run: UnitRun,
+  target: SchemaTarget,
+  request: UnitRequest,
+  progress: Progress,
+  trx: Knex.Transaction,
+): Promise<readonly string[] | typeof SWITCH_TO_SESSION> {
+  // The lock comes first and alone: lock_timeout must not cut short a wait for another run of
+  // ours, and the tracking table must be read in a statement that starts after it is granted.
+  await lockForTransaction(trx, target.schema);
+  if (request.prepare && !(await request.prepare(trx))) return [];
+  const applied = await scopeAndRead(trx, target, run.settings, true);
+  const plan = checkedPlan(request.intent, run.migrations, applied);
+  progress.plan = plan;
+  if (modeOf(plan.steps) === 'session') return SWITCH_TO_SESSION;
+  const names = plan.steps.map((m) => m.name);
+  for (const migration of plan.steps) await runOne(trx, migration, request.intent.direction);
+  await run.books.recordSteps(trx, target, request.tenant, {
+    direction: request.intent.direction,
+    names,
+    batch: plan.batch,
+    digest: digestOf(appliedAfter(applied, names, request.intent.direction)),
+    durationMs: Date.now() - progress.started,
+  });
+  if (request.complete) await request.complete(trx);
+  return names;
+}
+
+/** Session mode, on one dedicated connection; see `migrateSchema`. */
+async function stepped(
+  run: UnitRun,
+  target: SchemaTarget,
+  request: UnitRequest,
+  progress: Progress,
+  conn: Knex,
+): Promise<void> {
+  const direction = request.intent.direction;
+  await lockSession(conn, target.schema);
+  try {
+    if (request.prepare && !(await request.prepare(conn))) return;
+    const applied = await scopeAndRead(conn, target, run.settings, false);
+    const plan = checkedPlan(request.intent, run.migrations, applied);
+    progress.plan = plan;
+    if (modeOf(plan.steps) === 'transaction') {
+      // Another run moved the schema on while we waited for the lock: the batch is transactional now.
+      const names = await conn.transaction((trx) => inTransaction(run, target, request, progress, trx));
+      if (names !== SWITCH_TO_SESSION) progress.done.push(...names);
+      return;
+    }
+    await run.books.beforeSteppedBatch();
+    for (const migration of plan.steps) {
+      const step = {
+        direction,
+        names: [migration.name],
+        batch: plan.batch,
+        digest: digestOf(appliedAfter(applied, [...progress.done, migration.name], direction)),
+        durationMs: 0,
+      };
+      if (migration.transaction) {
+        await conn.transaction(async (trx) => {
+          await trx.raw("select set_config('search_path', ?, true)", [target.searchPath]);
+          await runOne(trx, migration, direction);
+          await run.books.recordSteps(trx, target, request.tenant, {
+            ...step,
+            durationMs: Date.now() - progress.started,
+          });
+        });
+      } else {
+        await runOne(conn, migration, direction);
+        await run.books.recordSteps(conn, target, request.tenant, {
+          ...step,
+          durationMs: Date.now() - progress.started,
+        });
+      }
+      progress.done.push(migration.name);
+    }
+    if (request.complete) await request.complete(conn);
+  } finally {
+    // If the connection died, the server already dropped the lock and the session; the
+    // dedicated-connection helper discards a connection whose task failed.
+    await conn.raw('reset search_path; reset lock_timeout').catch(() => undefined);
+    await unlockSession(conn, target.schema).catch(() => undefined);
+  }
+}
+
+function checkedPlan(intent: Intent, migrations: readonly Migration[], applied: readonly AppliedMigration[]): Plan {
+  const plan = planFor(intent, migrations, applied);
+  if (plan.missing.length > 0) throw new MissingFilesError(plan.missing);
+  if (plan.blockedBy.length > 0) throw new RollbackBlockedError(plan.batch, plan.blockedBy);
+  return plan;
+}
+
+/**
+ * Sets search_path and lock_timeout (for the transaction only when `local`), checks the schema
+ * exists (PostgreSQL would silently skip a missing one and fall through to public), creates the
+ * tracking table if needed (race-free: we hold the schema's lock), and reads it.
+ */
+async function scopeAndRead(
+  conn: Conn,
+  target: SchemaTarget,
+  settings: RunSettings,
+  local: boolean,
+): Promise<AppliedMigration[]> {
+  const result = await conn.raw(
+    `select set_config('search_path', ?, ?) as search_path,
+            set_config('lock_timeout', ?, ?) as lock_timeout,
+            exists (select 1 from pg_namespace where nspname = ?) as schema_exists,
+            to_regclass(format('%I.%I', ?::text, ?::text)) is not null as tracked`,
+    [
+      target.searchPath,
+      local,
+      `${settings.lockTimeoutMs}ms`,
+      local,
+      target.schema,
+      target.schema,
+      target.trackingTable,
+    ],
+  );
+  const row = result.rows[0] as { schema_exists: boolean; tracked: boolean };
+  if (!row.schema_exists) throw new SchemaMissingError(target.schema);
+  if (!row.tracked) {
+    await createTrackingTables(conn, target);
+    return [];
+  }
+  return readApplied(conn, target);
+}
+
+async function runOne(conn: Conn, migration: Migration, direction: Direction): Promise<void> {
+  const fn = direction === 'up' ? migration.up : migration.down;
+  if (!fn) throw new MigrationFailedError(migration.name, direction, new Error('it has no down function'));
+  try {
+    await fn(conn as Knex);
+  } catch (error) {
+    throw new MigrationFailedError(migration.name, direction, error);
+  }
+}
+
+/** The one place an error becomes a run failure. */
+export function failureOf(error: unknown): RunFailure {
+  return {
+    migration: error instanceof MigrationFailedError ? error.migration : null,
+    message: messageOf(error),
+    code: error instanceof ToolkitError ? error.code : (sqlState(error) ?? null),
+  };
+}
+
+function report(schema: string, direction: Direction, progress: Progress, error: unknown): SchemaRunReport {
+  const steps = progress.plan?.steps ?? [];
+  const done = progress.done;
+  const failure = error === null ? null : failureOf(error);
+  const results: MigrationResult[] = steps.map((m) => ({
+    name: m.name,
+    direction,
+    status: done.includes(m.name) ? 'Success' : m.name === failure?.migration ? 'Error' : 'NotExecuted',
+  }));
+  const outOfOrder = direction === 'up' ? (progress.plan?.outOfOrder ?? []) : [];
+  const warnings =
+    outOfOrder.length > 0 ? [`pending migrations older than the newest applied one: ${outOfOrder.join(', ')}`] : [];
+  const moved = done.length > 0 || failure !== null;
+  return {
+    schema,
+    outcome: failure ? 'failed' : done.length > 0 ? 'migrated' : 'up-to-date',
+    direction,
+    batch: moved ? (progress.plan?.batch ?? null) : null,
+    migrations: done,
+    results,
+    warnings,
+    error: failure,
+  };
+}
+
+/**
+ * One schema's run on its own (library API): the unit with its bookkeeping (tracking rows,
+ * digest, last error), outside any ledger run, checksums left to the caller.
+ */
+export async function runSchema(
+  knex: Knex,
+  target: SchemaTarget,
+  migrations: readonly Migration[],
+  settings: RunSettings,
+  direction: Direction,
+  options: { all?: boolean } = {},
+): Promise<SchemaRunReport> {
+  const books = new RunBooks({
+    knex,
+    capabilities: await probeCapabilities(knex),
+    scope: target.tenant ? 'tenant' : 'master',
+    migrations,
+    recorded: new Set(),
+    ledger: { mode: 'none' },
+  });
+  const intent: Intent =
+    direction === 'up' ? UP : { direction: 'down', scope: { kind: options.all ? 'all' : 'last-batch' } };
+  return migrateSchema({ knex, migrations, settings, books }, target, { intent });
+}
