@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { SQLSTATE } from '../db/pg-errors.ts';
+import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { RegistryMissingError, ToolkitError } from '../errors.ts';
 import { CapabilityMemo, RunBooks } from '../migrations/books.ts';
 import { verifyChecksums } from '../migrations/checksums.ts';
@@ -81,7 +81,12 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   const capabilities = await memo.capabilities.get(knex);
   if (!capabilities.registry) throw new RegistryMissingError();
   const recorded = memo.verified ?? (await verifyChecksums(knex, 'tenant', options.migrations));
-  const tenant = await claim(knex, orgId);
+  const tenant = await claim(knex, orgId).catch((error: unknown) => {
+    // The registry was remembered but is gone (master migrations rolled back): say so, look again next time.
+    if (sqlState(error) !== SQLSTATE.UNDEFINED_TABLE) throw error;
+    memo.capabilities.forget();
+    throw new RegistryMissingError();
+  });
   const result = (
     outcome: ProvisionReport['outcome'],
     migrations: readonly string[],

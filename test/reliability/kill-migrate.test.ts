@@ -76,7 +76,20 @@ describe('SIGKILL of migrate:tenants mid-run', () => {
         // A tenant whose progress line was printed had committed.
         const bySchema = new Map((await tk.status()).tenants.map((t) => [t.orgId, t.schema]));
         for (const orgId of finishedOrgs) expect(versionOf(states.get(bySchema.get(orgId!)!)!)).toBe('new');
+        // The ledger: the killed run is shown interrupted, and its tenant rows are exactly the
+        // tenants whose tracking tables gained the new batch (written in the same transaction).
+        const [killedRun] = await tk.runs();
+        expect(killedRun).toMatchObject({ command: 'migrate:tenants', outcome: 'interrupted' });
+        const detail = await tk.run(killedRun!.id);
+        const migratedSchemas = [...states.values()].filter((s) => versionOf(s) === 'new').map((s) => s.schema);
+        expect(detail!.tenants.map((t) => t.schema).sort()).toEqual(migratedSchemas.sort());
+        for (const row of detail!.tenants) {
+          expect(row).toMatchObject({ outcome: 'migrated', direction: 'up', migrations: ['002_notes.ts', '003_tags.ts'] });
+          const applied = states.get(row.schema)!.applied;
+          expect(applied.filter((a) => a.endsWith(`@${row.batch}`)).map((a) => a.split('@')[0])).toEqual(row.migrations);
+        }
         const status = await tk.status();
+        expect(status.ledger?.interrupted.map((r) => r.id)).toContain(killedRun!.id);
         expect(status.orphans).toEqual([]);
         expect(
           status.tenants.every((t) => t.status === 'ACTIVE' && (t.state === 'up-to-date' || t.state === 'behind')),
@@ -98,6 +111,8 @@ describe('SIGKILL of migrate:tenants mid-run', () => {
         for (const s of states) expect(s.applied.map((a) => a.split('@')[0])).toEqual([...NEXT]);
         expect(await checksumNames(tk.knex)).toEqual([...NEXT]);
         expect((await tk.status()).summary['up-to-date']).toBe(ORGS.length);
+        // The ledger shows both runs: the rerun succeeded, the killed one stays interrupted.
+        expect((await tk.runs()).slice(0, 2).map((r) => r.outcome)).toEqual(['succeeded', 'interrupted']);
       });
     } finally {
       await admin?.end();
