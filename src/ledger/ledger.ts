@@ -62,9 +62,12 @@ export interface OpenRun {
   stopHeartbeat(): void;
 }
 
-/** Opens a run's row (`running`) and starts its heartbeat. */
-export async function openRun(knex: Knex, identity: RunIdentity): Promise<OpenRun> {
-  const [row] = await knex.withSchema('public').table(RUNS).insert(identityRow(identity)).returning('id');
+/**
+ * Opens a run's row (`running`) on `conn` and starts its heartbeat on `knex` (the pool; `conn`
+ * may be a connection the caller is holding, e.g. a `transaction: false` batch's own).
+ */
+export async function openRun(knex: Knex, identity: RunIdentity, conn: Knex = knex): Promise<OpenRun> {
+  const [row] = await conn.withSchema('public').table(RUNS).insert(identityRow(identity)).returning('id');
   const id = Number((row as { id: number | string }).id);
   const timer = setInterval(() => {
     knex

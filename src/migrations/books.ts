@@ -186,9 +186,10 @@ export class RunBooks {
    * A `transaction: false` batch commits step by step: a one-tenant run gets its ledger row
    * opened first (`running`), so that every step appends to the same run.
    */
-  async beforeSteppedBatch(): Promise<void> {
+  async beforeSteppedBatch(conn: Knex): Promise<void> {
     if (this.#ledger.mode !== 'per-call') return;
-    this.#sessionRun = await openRun(this.#knex, this.#ledger.identity);
+    // On the batch's own connection: on a pool of one, the pool has none to spare meanwhile.
+    this.#sessionRun = await openRun(this.#knex, this.#ledger.identity, conn);
     this.#ledger = { mode: 'run', run: this.#sessionRun };
   }
 

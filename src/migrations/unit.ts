@@ -240,7 +240,7 @@ async function stepped(
       if (names !== SWITCH_TO_SESSION) progress.done.push(...names);
       return;
     }
-    await run.books.beforeSteppedBatch();
+    await run.books.beforeSteppedBatch(conn);
     for (const migration of plan.steps) {
       const step = {
         direction,

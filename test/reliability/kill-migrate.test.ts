@@ -84,9 +84,15 @@ describe('SIGKILL of migrate:tenants mid-run', () => {
         const migratedSchemas = [...states.values()].filter((s) => versionOf(s) === 'new').map((s) => s.schema);
         expect(detail!.tenants.map((t) => t.schema).sort()).toEqual(migratedSchemas.sort());
         for (const row of detail!.tenants) {
-          expect(row).toMatchObject({ outcome: 'migrated', direction: 'up', migrations: ['002_notes.ts', '003_tags.ts'] });
+          expect(row).toMatchObject({
+            outcome: 'migrated',
+            direction: 'up',
+            migrations: ['002_notes.ts', '003_tags.ts'],
+          });
           const applied = states.get(row.schema)!.applied;
-          expect(applied.filter((a) => a.endsWith(`@${row.batch}`)).map((a) => a.split('@')[0])).toEqual(row.migrations);
+          expect(applied.filter((a) => a.endsWith(`@${row.batch}`)).map((a) => a.split('@')[0])).toEqual(
+            row.migrations,
+          );
         }
         const status = await tk.status();
         expect(status.ledger?.interrupted.map((r) => r.id)).toContain(killedRun!.id);
