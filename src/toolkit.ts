@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
 import { type OpenOptions, openDatabase } from './db/connection.ts';
-import { RegistryMissingError } from './errors.ts';
+import { RegistryMissingError, UsageError } from './errors.ts';
 import {
   getRun,
   type LedgerStatus,
@@ -21,6 +21,7 @@ import { collectStatus, type StatusReport } from './migrations/status.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
 import { validateOrgId } from './tenants/naming.ts';
+import { changeLabels, validateLabel } from './tenants/registry.ts';
 
 export type { RollbackOptions, TenantRunOptions };
 
@@ -38,9 +39,13 @@ export interface Toolkit {
   readonly location: string;
   /** @deprecated Use `location`. */
   readonly describe: string;
-  migrateMaster(): Promise<SchemaRunReport>;
+  /** Applies pending master migrations (`dryRun`: runs them in a transaction and rolls back). */
+  migrateMaster(options?: { dryRun?: boolean }): Promise<SchemaRunReport>;
   rollbackMaster(options?: { all?: boolean }): Promise<SchemaRunReport>;
-  provisionTenant(orgId: string): Promise<ProvisionReport>;
+  /** Provisions one organisation; `labels` are added to it, `dryRun` writes nothing. */
+  provisionTenant(orgId: string, options?: { labels?: readonly string[]; dryRun?: boolean }): Promise<ProvisionReport>;
+  /** Adds (or removes) labels on a registered tenant; returns its labels after the change. */
+  labelTenant(orgId: string, labels: readonly string[], options?: { remove?: boolean }): Promise<string[]>;
   migrateTenants(options?: MigrateTenantsOptions): Promise<FanoutReport>;
   /**
    * Rolls back what the last deploy run applied, exactly (tenants it did not migrate are left
@@ -105,10 +110,31 @@ export function createToolkit(options: {
     config,
     location,
     describe: location,
-    migrateMaster: async () => runMaster(knex, await masterSource.load(), settings, 'up'),
+    migrateMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'up', o),
     rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'down', o),
-    provisionTenant: async (orgId) =>
-      provision(knex, orgId, { migrations: await loadTenant(), extensions: config.tenantExtensions, settings, memo }),
+    provisionTenant: async (orgId, o = {}) =>
+      provision(knex, orgId, {
+        migrations: await loadTenant(),
+        extensions: config.tenantExtensions,
+        settings,
+        memo,
+        ...(o.labels ? { labels: o.labels } : {}),
+        ...(o.dryRun ? { dryRun: true } : {}),
+      }),
+    labelTenant: async (orgId, labels, o = {}) => {
+      validateOrgId(orgId);
+      for (const label of labels) validateLabel(label);
+      if (!(await probeCapabilities(knex)).labels) {
+        throw new UsageError('This registry has no labels yet: run `pnpm migrate:master` first');
+      }
+      const after = await changeLabels(knex, orgId, labels, o.remove ?? false);
+      if (after === undefined) {
+        throw new UsageError(`Not registered: ${orgId} (provision it with pnpm provision:tenant)`, {
+          code: 'E_UNKNOWN_TENANT',
+        });
+      }
+      return after;
+    },
     migrateTenants: (o = {}) =>
       fanout(o, async () => ({
         command: o.command ?? 'migrate:tenants',

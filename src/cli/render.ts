@@ -56,8 +56,15 @@ function plural(n: number, word: string): string {
 export const masterRun: Renderer<SchemaRunReport> = {
   json: (report) => ({ command: report.direction === 'up' ? 'migrate:master' : 'rollback:master', ...report }),
   text: (report) => {
+    if (report.outcome === 'would-fail')
+      return [pc.red(`Dry run: master migration would fail: ${report.error?.message}`)];
     if (report.error) return [pc.red(`Master migration failed: ${report.error.message}`)];
-    const verb = report.direction === 'up' ? 'Applied' : 'Rolled back';
+    const verb =
+      report.outcome === 'would-migrate'
+        ? 'Dry run, nothing written: would apply'
+        : report.direction === 'up'
+          ? 'Applied'
+          : 'Rolled back';
     const lines =
       report.migrations.length === 0
         ? [report.direction === 'up' ? 'Already up to date' : 'Nothing to roll back']
@@ -71,6 +78,14 @@ export const provisionRun: Renderer<ProvisionReport> = {
   text: (report) => {
     if (report.outcome === 'already-active')
       return [`${report.orgId} is already ACTIVE → ${report.schema} (nothing to do)`];
+    if (report.outcome === 'would-provision') {
+      return [
+        `Dry run, nothing written: ${report.orgId} → ${report.schema} would be provisioned (${report.migrations.join(', ') || 'no migrations'})`,
+      ];
+    }
+    if (report.outcome === 'would-fail') {
+      return [pc.red(`Dry run: provisioning ${report.orgId} → ${report.schema} would fail: ${report.error?.message}`)];
+    }
     if (report.outcome === 'provisioned') {
       const what = `${plural(report.migrations.length, 'migration')}, ${formatDuration(report.durationMs)}`;
       return [`Provisioned ${report.orgId} → ${report.schema} (${what})`];
@@ -89,30 +104,91 @@ export const provisionRun: Renderer<ProvisionReport> = {
 export function fanoutRun(command: string): Renderer<FanoutReport> {
   return {
     json: (report) => ({ command, ...report }),
-    text: (report) => {
-      const t = report.totals;
-      const moved = report.direction === 'up' ? 'migrated' : 'rolled back';
-      const idle = report.direction === 'up' ? 'up to date' : 'with nothing to roll back';
-      const lines = [
-        `${plural(t.total, 'tenant')}: ${t.migrated} ${moved}, ${t['up-to-date']} ${idle}, ` +
-          `${t.failed} failed, ${t.skipped} skipped (${formatDuration(report.durationMs)})`,
-      ];
-      for (const tenant of report.tenants) {
-        for (const warning of tenant.warnings)
-          lines.push(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
-      }
-      const failed = report.tenants.filter((r) => r.outcome === 'failed');
-      if (failed.length > 0) {
-        lines.push(pc.red('Failed:'));
-        for (const r of failed) lines.push(pc.red(`  ${r.orgId} (${r.schema}): ${r.error?.message}`));
-      }
-      const skipped = report.tenants.filter((r) => r.outcome === 'skipped');
-      if (skipped.length > 0 && skipped.length <= 50) {
-        for (const r of skipped) lines.push(pc.dim(`  skipped ${r.orgId} (${r.schema}): ${r.error?.message}`));
-      } else if (skipped.length > 50) lines.push(pc.dim(`  ${skipped.length} skipped (see --json for each)`));
-      return lines;
-    },
+    text: (report) => (report.dryRun ? dryRunText(report) : runText(report)),
   };
+}
+
+function runText(report: FanoutReport): string[] {
+  const t = report.totals;
+  const moved = report.direction === 'up' ? 'migrated' : 'rolled back';
+  const idle = report.direction === 'up' ? 'up to date' : 'with nothing to roll back';
+  const lines = [
+    `${plural(t.total, 'tenant')}: ${t.migrated} ${moved}, ${t['up-to-date']} ${idle}, ` +
+      `${t.failed} failed, ${t.skipped} skipped (${formatDuration(report.durationMs)})`,
+  ];
+  return [...lines, ...pacingLines(report), ...detailLines(report, 'failed', 'Failed:')];
+}
+
+/** A dry-run: what would happen, per tenant that has work, and the totals. */
+function dryRunText(report: FanoutReport): string[] {
+  const t = report.totals;
+  const lines: string[] = [];
+  if (report.sql) {
+    lines.push(pc.bold(`SQL of ${report.sql.orgId} (${report.sql.schema}), captured in its dry-run:`));
+    if (report.sql.statements.length === 0) lines.push(pc.dim('  (no statements)'));
+    for (const statement of report.sql.statements) lines.push(`${statement};`);
+    lines.push('');
+  }
+  const verb = report.direction === 'up' ? 'would migrate' : 'would roll back';
+  const rows = report.tenants
+    .filter((r) => r.outcome === 'would-migrate' || r.outcome === 'would-fail')
+    .map((r) => [
+      r.orgId,
+      r.schema,
+      r.outcome === 'would-fail' ? pc.red('would-fail') : pc.green('would-migrate'),
+      r.outcome === 'would-fail'
+        ? `${r.error?.migration ?? '-'}: ${r.error?.message ?? ''}`
+        : [...r.migrations, ...r.notChecked.map((n) => `${n} (not checked)`)].join(', '),
+    ]);
+  if (rows.length > 0 && rows.length <= 200) lines.push(...table(['ORG ID', 'SCHEMA', 'DRY-RUN', 'MIGRATIONS'], rows));
+  else if (rows.length > 200) lines.push(pc.dim(`${rows.length} tenants with work (see --json for each)`));
+  const notChecked = report.tenants.filter((r) => r.notChecked.length > 0).length;
+  if (notChecked > 0) {
+    lines.push(
+      pc.yellow(
+        `not checked: transaction: false migrations cannot be rolled back, so a dry-run does not execute them ` +
+          `(nor what follows them) on ${plural(notChecked, 'tenant')}`,
+      ),
+    );
+  }
+  lines.push(
+    `Dry run, nothing written: ${plural(t.total, 'tenant')}: ${t['would-migrate'] ?? 0} ${verb}, ` +
+      `${t['would-fail'] ?? 0} would fail, ${t['up-to-date']} ${report.direction === 'up' ? 'up to date' : 'with nothing to roll back'}, ` +
+      `${t.skipped} skipped (${formatDuration(report.durationMs)})`,
+  );
+  return [...lines, ...pacingLines(report), ...detailLines(report, 'would-fail', 'Would fail:')];
+}
+
+/** Canaries, waves and why the run stopped early. */
+function pacingLines(report: FanoutReport): string[] {
+  const lines: string[] = [];
+  if (report.canaries.length > 0) lines.push(`Canaries: ${report.canaries.join(', ')}`);
+  if (report.waves.length > 1) lines.push(`Waves: ${report.waves.map((w) => w.length).join(' → ')} tenants`);
+  if (report.stoppedBy === 'canary') lines.push(pc.red('Stopped: a canary failed; no other tenant was started'));
+  else if (report.stoppedBy === 'wave') lines.push(pc.red('Stopped: a wave had a failure; later waves not started'));
+  else if (report.stoppedBy === 'max-failures') lines.push(pc.red('Stopped: the failure budget was spent'));
+  const unguarded = [...new Set(report.tenants.flatMap((r) => r.unguarded))];
+  if (unguarded.length > 0) lines.push(pc.yellow(`allowOutsideSchema (escape guard off): ${unguarded.join(', ')}`));
+  return lines;
+}
+
+/** Warnings, then each failure with its migration and reason, then the skipped tenants. */
+function detailLines(report: FanoutReport, failure: 'failed' | 'would-fail', title: string): string[] {
+  const lines: string[] = [];
+  for (const tenant of report.tenants) {
+    for (const warning of tenant.warnings)
+      lines.push(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
+  }
+  const failed = report.tenants.filter((r) => r.outcome === failure);
+  if (failed.length > 0) {
+    lines.push(pc.red(title));
+    for (const r of failed) lines.push(pc.red(`  ${r.orgId} (${r.schema}): ${r.error?.message}`));
+  }
+  const skipped = report.tenants.filter((r) => r.outcome === 'skipped');
+  if (skipped.length > 0 && skipped.length <= 50) {
+    for (const r of skipped) lines.push(pc.dim(`  skipped ${r.orgId} (${r.schema}): ${r.error?.message}`));
+  } else if (skipped.length > 50) lines.push(pc.dim(`  ${skipped.length} skipped (see --json for each)`));
+  return lines;
 }
 
 type StatusWithLedger = Awaited<ReturnType<Toolkit['status']>>;
@@ -205,7 +281,12 @@ export const runDetail: Renderer<RunDetail> = {
 export function fanoutProgress(
   out: Output,
   verb: string,
-): { onStart(total: number, toRun: number): void; onTenant(report: TenantReport): void; stop(): void } {
+): {
+  onStart(total: number, toRun: number): void;
+  onWave(wave: number, waves: number, size: number): void;
+  onTenant(report: TenantReport): void;
+  stop(): void;
+} {
   const tty = Boolean(process.stderr.isTTY) && !out.json;
   let bar: cliProgress.SingleBar | undefined;
   let done = 0;
@@ -226,16 +307,23 @@ export function fanoutProgress(
         bar.start(n, 0, { tenant: '' });
       }
     },
+    onWave(wave, waves, size) {
+      if (waves > 1 && !out.json) {
+        const text = `wave ${wave}/${waves}: ${plural(size, 'tenant')}`;
+        if (bar) bar.update(done, { tenant: text });
+        else process.stderr.write(`${pc.bold(text)}\n`);
+      }
+    },
     onTenant(report) {
-      if (report.outcome !== 'migrated' && report.outcome !== 'failed') return;
+      if (report.outcome === 'up-to-date' || report.outcome === 'skipped') return;
       done++;
       if (bar) bar.update(done, { tenant: report.orgId });
       else if (!out.json) {
         const pct = toRun === 0 ? 100 : Math.floor((done / toRun) * 100);
         const what =
-          report.outcome === 'failed'
-            ? pc.red(`FAILED: ${report.error?.message}`)
-            : `${report.migrations.length} migration(s)`;
+          report.outcome === 'failed' || report.outcome === 'would-fail'
+            ? pc.red(`${report.outcome === 'failed' ? 'FAILED' : 'would fail'}: ${report.error?.message}`)
+            : `${report.migrations.length} migration(s)${report.outcome === 'would-migrate' ? ' (dry run)' : ''}`;
         out.line(`[${done}/${toRun} (${pct}%) ${report.orgId} ${report.schema}] ${what}`);
       }
     },

@@ -27,19 +27,23 @@ export interface Capabilities {
   readonly digest: boolean;
   /** The run ledger exists. */
   readonly ledger: boolean;
+  /** `public.tenants.labels` exists. */
+  readonly labels: boolean;
 }
 
-export const NO_CAPABILITIES: Capabilities = { registry: false, digest: false, ledger: false };
+export const NO_CAPABILITIES: Capabilities = { registry: false, digest: false, ledger: false, labels: false };
 
 export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<Capabilities> {
   const result = await conn.raw(
     `select to_regclass('public.tenants') is not null as registry,
             exists (select 1 from pg_attribute where attrelid = to_regclass('public.tenants')
                      and attname = 'migrations_digest' and not attisdropped) as digest,
-            to_regclass('public.tenant_migration_run_tenants') is not null as ledger`,
+            to_regclass('public.tenant_migration_run_tenants') is not null as ledger,
+            exists (select 1 from pg_attribute where attrelid = to_regclass('public.tenants')
+                     and attname = 'labels' and not attisdropped) as labels`,
   );
   const row = result.rows[0] as Record<keyof Capabilities, boolean> | undefined;
-  return row ? { registry: row.registry, digest: row.digest, ledger: row.ledger } : NO_CAPABILITIES;
+  return row ? { registry: row.registry, digest: row.digest, ledger: row.ledger, labels: row.labels } : NO_CAPABILITIES;
 }
 
 /**
@@ -52,7 +56,7 @@ export class CapabilityMemo {
 
   async get(knex: Knex): Promise<Capabilities> {
     const known = this.#known;
-    if (known?.registry && known.digest && known.ledger) return known;
+    if (known?.registry && known.digest && known.ledger && known.labels) return known;
     this.#known = await probeCapabilities(knex);
     return this.#known;
   }

@@ -4,13 +4,16 @@ import { closeRun, type OpenRun, openRun, pruneLedger, type Retention, type RunI
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { listTenants, type Tenant } from '../tenants/registry.ts';
 import { type Capabilities, RunBooks } from './books.ts';
+import type { Escape } from './guard.ts';
 import { type AppliedMigration, type Direction, folderDigest, type Intent, planFor } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
 import type { Migration } from './source.ts';
 import { TENANT_TRACKING_TABLE, tenantTarget } from './targets.ts';
 import { migrateSchema, type RunFailure, type RunSettings, type SchemaRunReport } from './unit.ts';
+import { type Amount, resolveAmount, type StopReason, stopMessage, waveEnds } from './waves.ts';
 
-export type TenantOutcome = 'migrated' | 'up-to-date' | 'failed' | 'skipped';
+/** `would-migrate` and `would-fail` are a dry-run's outcomes. */
+export type TenantOutcome = 'migrated' | 'up-to-date' | 'failed' | 'skipped' | 'would-migrate' | 'would-fail';
 
 /** One tenant's line in a fan-out report. */
 export interface TenantReport {
@@ -25,12 +28,33 @@ export interface TenantReport {
   readonly warnings: readonly string[];
   readonly error: RunFailure | null;
   readonly durationMs: number;
+  /** Dry-run: `transaction: false` migrations (and any after them), not executed. */
+  readonly notChecked: readonly string[];
+  /** What escaped the schema, when the escape guard refused the batch. */
+  readonly escapes: readonly Escape[];
+  /** Migrations of this batch that opted out of the escape guard (`allowOutsideSchema`). */
+  readonly unguarded: readonly string[];
 }
 
-export type Totals = Readonly<Record<TenantOutcome, number>> & { readonly total: number };
+/** Counts per outcome; a dry-run's also count `would-migrate` and `would-fail`. */
+export type Totals = Readonly<Record<'migrated' | 'up-to-date' | 'failed' | 'skipped', number>> & {
+  readonly 'would-migrate'?: number;
+  readonly 'would-fail'?: number;
+  readonly total: number;
+};
 
 export interface FanoutReport {
   readonly direction: Direction;
+  /** A dry-run: every batch was rolled back and nothing was recorded. */
+  readonly dryRun: boolean;
+  /** The canary tenants (org ids) that ran first, in order. */
+  readonly canaries: readonly string[];
+  /** The waves as they ran: org ids per wave (one wave when the run was not paced). */
+  readonly waves: readonly (readonly string[])[];
+  /** Why tenants were left `skipped` before they started, if the run stopped early. */
+  readonly stoppedBy: StopReason | null;
+  /** `--sql`: the statements the first tenant's pending migrations sent, in its dry-run. */
+  readonly sql: { readonly orgId: string; readonly schema: string; readonly statements: readonly string[] } | null;
   /** The run's id in the ledger (null where the database has no ledger). */
   readonly runId: number | null;
   readonly tenants: readonly TenantReport[];
@@ -47,12 +71,30 @@ export interface TenantRunOptions {
   readonly orgIds?: readonly string[];
   /** Tenants at once; defaults to the pool size (more is not useful). */
   readonly concurrency?: number;
-  /** Start no new tenant after the first failure; the rest are reported `skipped`. */
+  /** Start no new tenant after the first failure; the rest are reported `skipped` (`maxFailures: 1`). */
   readonly failFast?: boolean;
+  /** Start no new tenant once this many have failed; the rest are reported `skipped`. */
+  readonly maxFailures?: Amount;
+  /** Run these tenants first, alone: if any fails, stop (the rest `skipped`). */
+  readonly canary?: Amount;
+  /** Org ids to use as the canary wave (instead of the first `canary` tenants). */
+  readonly canaryTenants?: readonly string[];
+  /** Label whose tenants form the canary wave. */
+  readonly canaryLabel?: string;
+  /** Successive waves, cumulative cut points (`1, 10%, 50%, 100%`); a failing wave stops the run. */
+  readonly waves?: readonly Amount[];
+  /** Only tenants carrying one of these labels. */
+  readonly labels?: readonly string[];
+  /** Preflight: run every batch, then roll it back; write nothing. */
+  readonly dryRun?: boolean;
+  /** With `dryRun`: capture the SQL of the first tenant with work (`--sql`). */
+  readonly sql?: boolean;
   /** Read every tenant's tracking table, even where the registry digest says it is up to date. */
   readonly verify?: boolean;
   /** Called when the work is known (tenants that need a run), and after each tenant finishes. */
   readonly onStart?: (total: number, toRun: number) => void;
+  /** Called as each wave starts (1-based), with its size. */
+  readonly onWave?: (wave: number, waves: number, size: number) => void;
   readonly onTenant?: (report: TenantReport) => void;
 }
 
@@ -99,13 +141,15 @@ export async function runTenants(
   options: TenantRunOptions = {},
 ): Promise<FanoutReport> {
   const started = Date.now();
-  const tenants = await selectTenants(ctx.knex, options.orgIds, ctx.capabilities.digest);
+  const dryRun = options.dryRun ?? false;
+  const tenants = await selectTenants(ctx, options);
   const reports: TenantReport[] = [];
   const emit = (report: TenantReport): void => {
     reports.push(report);
     options.onTenant?.(report);
   };
-  const ledgerRun = ctx.capabilities.ledger ? await openRun(ctx.knex, identity(ctx, plan)) : undefined;
+  // A dry-run writes nothing: no ledger run, no checksums (its books record nothing).
+  const ledgerRun = ctx.capabilities.ledger && !dryRun ? await openRun(ctx.knex, identity(ctx, plan)) : undefined;
   const books = new RunBooks({
     knex: ctx.knex,
     capabilities: ctx.capabilities,
@@ -115,38 +159,73 @@ export async function runTenants(
     ledger: ledgerRun ? { mode: 'run', run: ledgerRun } : { mode: 'none' },
   });
   try {
-    const { queue, preliminary } = await classify(ctx, plan, tenants, options.verify ?? false, books);
+    const classified = await classify(ctx, plan, tenants, options.verify ?? false, books);
+    const { queue, canaries } = canariesFirst(classified.queue, options);
     options.onStart?.(tenants.length, queue.length);
-    for (const report of preliminary) emit(report);
+    for (const report of classified.preliminary) emit(report);
 
-    const unitRun = { knex: ctx.knex, migrations: ctx.migrations, settings: ctx.settings, books };
-    let next = 0;
-    let stop = false;
-    const worker = async (): Promise<void> => {
-      while (!stop && next < queue.length) {
-        const { tenant, intent, hint } = queue[next++]!;
-        const t0 = Date.now();
-        const run = await migrateSchema(unitRun, tenantTarget(tenant.schema), {
-          intent,
-          tenant: { orgId: tenant.orgId, schema: tenant.schema },
-          ...(hint ? { hint } : {}),
-        });
-        const report = fromRun(tenant, run, Date.now() - t0);
-        emit(report);
-        if (report.outcome === 'failed' && options.failFast) stop = true;
-      }
+    const unitRun = { knex: ctx.knex, migrations: ctx.migrations, settings: ctx.settings, books, dryRun };
+    const runOne = async ({ tenant, intent, hint }: Queued, sqlLog?: string[]): Promise<TenantReport> => {
+      const t0 = Date.now();
+      const run = await migrateSchema(unitRun, tenantTarget(tenant.schema), {
+        intent,
+        tenant: { orgId: tenant.orgId, schema: tenant.schema },
+        ...(hint ? { hint } : {}),
+        ...(sqlLog ? { sqlLog } : {}),
+      });
+      const report = fromRun(tenant, run, Date.now() - t0);
+      emit(report);
+      return report;
     };
-    const concurrency = Math.max(1, Math.min(options.concurrency ?? ctx.poolMax, ctx.poolMax, queue.length));
-    await Promise.all(Array.from({ length: concurrency }, worker));
-    for (const { tenant } of queue.slice(next)) {
-      emit(skipped(tenant, 'not started: --fail-fast stopped the run after a failure'));
+
+    const pace = pacing(queue.length, canaries.length, options);
+    let failures = 0;
+    let next = 0;
+    let stoppedBy: StopReason | null = null;
+    let sql: FanoutReport['sql'] = null;
+    const waves: string[][] = [];
+    if (options.sql && dryRun && queue.length > 0) {
+      // The first tenant alone, so that every statement captured is its own.
+      const statements: string[] = [];
+      const first = queue[next++]!;
+      if ((await runOne(first, statements)).outcome === 'would-fail') failures++;
+      sql = { orgId: first.tenant.orgId, schema: first.tenant.schema, statements };
+      waves.push([first.tenant.orgId]);
     }
-    const totals = totalsOf(reports);
-    await books.close();
+    for (const [index, end] of pace.ends.entries()) {
+      if (next >= end) continue;
+      const wave = queue.slice(next, end);
+      waves.push(wave.map((q) => q.tenant.orgId));
+      options.onWave?.(waves.length, pace.ends.length, wave.length);
+      const worker = async (): Promise<void> => {
+        while (stoppedBy === null && next < end) {
+          const report = await runOne(queue[next++]!);
+          if (isFailure(report.outcome) && ++failures >= pace.budget) stoppedBy = 'max-failures';
+        }
+      };
+      const concurrency = Math.max(1, Math.min(options.concurrency ?? ctx.poolMax, ctx.poolMax, wave.length));
+      await Promise.all(Array.from({ length: concurrency }, worker));
+      if (stoppedBy !== null) break;
+      // A failure among the canaries, or in a wave of a paced run, stops before the next wave.
+      const isCanaryWave = index === 0 && canaries.length > 0;
+      if (failures > 0 && next < queue.length && (isCanaryWave || pace.stopBetweenWaves)) {
+        stoppedBy = isCanaryWave ? 'canary' : 'wave';
+        break;
+      }
+    }
+    const reason = stoppedBy === null ? '' : stopMessage(stoppedBy, pace.budget);
+    for (const { tenant } of queue.slice(next)) emit(skipped(tenant, reason));
+    const totals = totalsOf(reports, dryRun);
+    if (!dryRun) await books.close();
     if (ledgerRun) await finishRun(ctx, ledgerRun, totals);
     return {
       direction: plan.direction,
+      dryRun,
       runId: ledgerRun?.id ?? null,
+      canaries: canaries.map((q) => q.tenant.orgId),
+      waves,
+      stoppedBy,
+      sql,
       tenants: reports,
       totals,
       durationMs: Date.now() - started,
@@ -154,6 +233,48 @@ export async function runTenants(
   } finally {
     ledgerRun?.stopHeartbeat();
   }
+}
+
+function isFailure(outcome: TenantOutcome): boolean {
+  return outcome === 'failed' || outcome === 'would-fail';
+}
+
+/**
+ * The canary wave, moved to the front of the queue: the tenants named (`canaryTenants`) or
+ * labelled (`canaryLabel`) that have work, or else the first `canary` tenants in registry order.
+ */
+function canariesFirst(queue: readonly Queued[], options: TenantRunOptions): { queue: Queued[]; canaries: Queued[] } {
+  let canaries: Queued[] = [];
+  if (options.canaryTenants && options.canaryTenants.length > 0) {
+    const named = new Set(options.canaryTenants);
+    canaries = queue.filter((q) => named.has(q.tenant.orgId));
+  } else if (options.canaryLabel !== undefined) {
+    const label = options.canaryLabel;
+    canaries = queue.filter((q) => (q.tenant.labels ?? []).includes(label));
+  } else if (options.canary) {
+    canaries = queue.slice(0, resolveAmount(options.canary, queue.length));
+  }
+  const chosen = new Set(canaries);
+  return { queue: [...canaries, ...queue.filter((q) => !chosen.has(q))], canaries };
+}
+
+/** Where the waves end, how many failures stop the run, and whether a failing wave stops it. */
+function pacing(
+  total: number,
+  canaries: number,
+  options: TenantRunOptions,
+): { ends: number[]; budget: number; stopBetweenWaves: boolean } {
+  const budget = options.failFast
+    ? 1
+    : options.maxFailures
+      ? resolveAmount(options.maxFailures, Math.max(total, 1))
+      : Number.POSITIVE_INFINITY;
+  return {
+    ends: waveEnds(total, canaries, options.waves ?? []),
+    budget,
+    // With waves and no explicit budget, a wave with a failure is the end of the run.
+    stopBetweenWaves: (options.waves?.length ?? 0) > 0 && options.maxFailures === undefined,
+  };
 }
 
 async function finishRun(ctx: FanoutContext, run: OpenRun, totals: Totals): Promise<void> {
@@ -230,14 +351,22 @@ async function classify(
   return { queue, preliminary };
 }
 
-async function selectTenants(
-  knex: Knex,
-  orgIds: readonly string[] | undefined,
-  withDigest: boolean,
-): Promise<Tenant[]> {
-  if (orgIds === undefined) return listTenants(knex, { withDigest });
+async function selectTenants(ctx: FanoutContext, options: TenantRunOptions): Promise<Tenant[]> {
+  const { knex, capabilities } = ctx;
+  const orgIds = options.orgIds;
+  const wantsLabels = (options.labels?.length ?? 0) > 0 || options.canaryLabel !== undefined;
+  if (wantsLabels && !capabilities.labels) {
+    throw new UsageError('This registry has no labels yet: run `pnpm migrate:master` first', { code: 'E_NO_LABELS' });
+  }
+  const query = {
+    withDigest: capabilities.digest,
+    withLabels: capabilities.labels,
+    ...(options.labels && options.labels.length > 0 ? { labels: options.labels } : {}),
+  };
+  if (orgIds === undefined) return listTenants(knex, query);
   for (const orgId of orgIds) validateOrgId(orgId);
-  const tenants = await listTenants(knex, { orgIds, withDigest });
+  const { labels: _labels, ...named } = query;
+  const tenants = await listTenants(knex, { ...named, orgIds });
   const found = new Set(tenants.map((t) => t.orgId));
   const unknown = orgIds.filter((id) => !found.has(id));
   if (unknown.length > 0) {
@@ -245,7 +374,9 @@ async function selectTenants(
       code: 'E_UNKNOWN_TENANT',
     });
   }
-  return tenants;
+  // --tenant and --label together: the named tenants that carry one of the labels.
+  const labels = options.labels ?? [];
+  return labels.length === 0 ? tenants : tenants.filter((t) => t.labels?.some((l) => labels.includes(l)));
 }
 
 function fromRun(tenant: Tenant, run: SchemaRunReport, durationMs: number): TenantReport {
@@ -257,6 +388,9 @@ function fromRun(tenant: Tenant, run: SchemaRunReport, durationMs: number): Tena
     warnings: run.warnings,
     error: run.error,
     durationMs,
+    notChecked: run.notChecked,
+    escapes: run.escapes,
+    unguarded: run.unguarded,
   };
 }
 
@@ -277,11 +411,24 @@ function base(tenant: Tenant): Omit<TenantReport, 'outcome' | 'error'> {
     batch: null,
     warnings: [],
     durationMs: 0,
+    notChecked: [],
+    escapes: [],
+    unguarded: [],
   };
 }
 
-export function totalsOf(reports: readonly TenantReport[]): Totals {
-  const totals = { migrated: 0, 'up-to-date': 0, failed: 0, skipped: 0, total: reports.length };
+export function totalsOf(reports: readonly TenantReport[], dryRun = false): Totals {
+  const totals: Record<TenantOutcome, number> & { total: number } = {
+    migrated: 0,
+    'up-to-date': 0,
+    failed: 0,
+    skipped: 0,
+    'would-migrate': 0,
+    'would-fail': 0,
+    total: reports.length,
+  };
   for (const report of reports) totals[report.outcome]++;
-  return totals;
+  if (dryRun) return totals;
+  const { 'would-migrate': _would, 'would-fail': _wouldFail, ...real } = totals;
+  return real;
 }

@@ -15,7 +15,7 @@ export async function runMaster(
   migrations: readonly Migration[],
   settings: RunSettings,
   direction: 'up' | 'down',
-  options: { all?: boolean } = {},
+  options: { all?: boolean; dryRun?: boolean } = {},
 ): Promise<SchemaRunReport> {
   const recorded = await verifyChecksums(knex, 'master', migrations);
   const books = new RunBooks({
@@ -28,7 +28,8 @@ export async function runMaster(
   });
   const intent =
     direction === 'up' ? UP : ({ direction, scope: { kind: options.all ? 'all' : 'last-batch' } } as const);
-  const report = await migrateSchema({ knex, migrations, settings, books }, MASTER_TARGET, { intent });
-  if (report.migrations.length > 0) await books.close();
+  const dryRun = options.dryRun ?? false;
+  const report = await migrateSchema({ knex, migrations, settings, books, dryRun }, MASTER_TARGET, { intent });
+  if (report.migrations.length > 0 && !dryRun) await books.close();
   return report;
 }

@@ -6,6 +6,14 @@ import { messageOf, ToolkitError } from '../errors.ts';
 import { isTenantSchemaName } from '../tenants/naming.ts';
 import { probeCapabilities, RunBooks, type TenantRef } from './books.ts';
 import {
+  type Escape,
+  findEscapes,
+  GUARD_MARK_COLUMNS,
+  type GuardMark,
+  guardMarkOf,
+  SchemaEscapeError,
+} from './guard.ts';
+import {
   type AppliedMigration,
   appliedAfter,
   type Direction,
@@ -51,7 +59,8 @@ export interface RunFailure {
 /** The report of one schema's run. Runs report failures here; they do not throw them. */
 export interface SchemaRunReport {
   readonly schema: string;
-  readonly outcome: 'migrated' | 'up-to-date' | 'failed';
+  /** `would-migrate` / `would-fail`: a dry-run's verdict (its transaction was rolled back). */
+  readonly outcome: 'migrated' | 'up-to-date' | 'failed' | 'would-migrate' | 'would-fail';
   readonly direction: Direction;
   readonly batch: number | null;
   /** Migrations applied (or reverted) and committed by this run. */
@@ -59,6 +68,12 @@ export interface SchemaRunReport {
   readonly results: readonly MigrationResult[];
   readonly warnings: readonly string[];
   readonly error: RunFailure | null;
+  /** Dry-run: `transaction: false` migrations (and any after them), not executed. */
+  readonly notChecked: readonly string[];
+  /** Migrations that declared `allowOutsideSchema`: the escape guard did not check their batch. */
+  readonly unguarded: readonly string[];
+  /** What escaped the schema, when the escape guard refused the batch. */
+  readonly escapes: readonly Escape[];
 }
 
 /** A schema on the registry that does not exist in the database. */
@@ -107,6 +122,11 @@ export interface UnitRun {
   readonly migrations: readonly Migration[];
   readonly settings: RunSettings;
   readonly books: RunBooks;
+  /**
+   * Preflight: run each batch exactly as a real run would (lock, search path, lock timeout,
+   * escape guard), then roll it back; write no bookkeeping at all.
+   */
+  readonly dryRun?: boolean;
 }
 
 type Conn = Knex | Knex.Transaction;
@@ -126,6 +146,8 @@ export interface UnitRequest {
   readonly prepare?: (conn: Conn) => Promise<boolean>;
   /** After the last step, in the batch's transaction when it has one: e.g. set the tenant ACTIVE. */
   readonly complete?: (conn: Conn) => Promise<void>;
+  /** Collects the SQL the migrations send (a dry-run's `--sql`), with values shown inline. */
+  readonly sqlLog?: string[];
 }
 
 /** How far a run got: its plan, and the steps committed so far. */
@@ -133,6 +155,7 @@ interface Progress {
   plan: Plan | undefined;
   readonly done: string[];
   readonly started: number;
+  notChecked: readonly string[];
 }
 
 /** The locked plan holds a `transaction: false` step the hint did not: the history changed meanwhile. */
@@ -151,10 +174,14 @@ export async function migrateSchema(
   target: SchemaTarget,
   request: UnitRequest,
 ): Promise<SchemaRunReport> {
-  const progress: Progress = { plan: undefined, done: [], started: Date.now() };
+  const progress: Progress = { plan: undefined, done: [], started: Date.now(), notChecked: [] };
   try {
     // A registry row naming `public` (or any non-derived name, e.g. edited by hand) is refused, never opened.
     if (request.tenant && !isTenantSchemaName(target.schema)) throw new SchemaNameError(target.schema);
+    if (run.dryRun) {
+      await preflight(run, target, request, progress);
+      return report(target.schema, request.intent.direction, progress, null, true);
+    }
     const hint = request.hint ?? (await readHint(run.knex, target));
     let mode = modeOf(planFor(request.intent, run.migrations, hint).steps);
     if (mode === 'transaction') {
@@ -165,9 +192,10 @@ export async function migrateSchema(
     if (mode === 'session') {
       await withDedicatedConnection(run.knex, (conn) => stepped(run, target, request, progress, conn));
     }
-    return report(target.schema, request.intent.direction, progress, null);
+    return report(target.schema, request.intent.direction, progress, null, false);
   } catch (error) {
-    const failed = report(target.schema, request.intent.direction, progress, error);
+    const failed = report(target.schema, request.intent.direction, progress, error, run.dryRun ?? false);
+    if (run.dryRun) return failed;
     await run.books
       .recordFailure(run.knex, target, request.tenant, {
         direction: failed.direction,
@@ -202,12 +230,13 @@ async function inTransaction(
   // ours, and the tracking table must be read in a statement that starts after it is granted.
   await lockForTransaction(trx, target.schema);
   if (request.prepare && !(await request.prepare(trx))) return [];
-  const applied = await scopeAndRead(trx, target, run.settings, true);
+  const { applied, mark } = await scopeAndRead(trx, target, run.settings, true);
   const plan = checkedPlan(request.intent, run.migrations, applied);
   progress.plan = plan;
   if (modeOf(plan.steps) === 'session') return SWITCH_TO_SESSION;
   const names = plan.steps.map((m) => m.name);
   for (const migration of plan.steps) await runOne(trx, migration, request.intent.direction);
+  await guard(trx, target, plan.steps, mark);
   await run.books.recordSteps(trx, target, request.tenant, {
     direction: request.intent.direction,
     names,
@@ -231,7 +260,7 @@ async function stepped(
   await lockSession(conn, target.schema);
   try {
     if (request.prepare && !(await request.prepare(conn))) return;
-    const applied = await scopeAndRead(conn, target, run.settings, false);
+    const { applied } = await scopeAndRead(conn, target, run.settings, false);
     const plan = checkedPlan(request.intent, run.migrations, applied);
     progress.plan = plan;
     if (modeOf(plan.steps) === 'transaction') {
@@ -251,8 +280,11 @@ async function stepped(
       };
       if (migration.transaction) {
         await conn.transaction(async (trx) => {
-          await trx.raw("select set_config('search_path', ?, true)", [target.searchPath]);
+          const scoped = await trx.raw(`select set_config('search_path', ?, true), ${GUARD_MARK_COLUMNS}`, [
+            target.searchPath,
+          ]);
           await runOne(trx, migration, direction);
+          await guard(trx, target, [migration], guardMarkOf(scoped.rows[0]));
           await run.books.recordSteps(trx, target, request.tenant, {
             ...step,
             durationMs: Date.now() - progress.started,
@@ -293,12 +325,13 @@ async function scopeAndRead(
   target: SchemaTarget,
   settings: RunSettings,
   local: boolean,
-): Promise<AppliedMigration[]> {
+): Promise<{ applied: AppliedMigration[]; mark: GuardMark }> {
   const result = await conn.raw(
     `select set_config('search_path', ?, ?) as search_path,
             set_config('lock_timeout', ?, ?) as lock_timeout,
             exists (select 1 from pg_namespace where nspname = ?) as schema_exists,
-            to_regclass(format('%I.%I', ?::text, ?::text)) is not null as tracked`,
+            to_regclass(format('%I.%I', ?::text, ?::text)) is not null as tracked,
+            ${GUARD_MARK_COLUMNS}`,
     [
       target.searchPath,
       local,
@@ -309,35 +342,119 @@ async function scopeAndRead(
       target.trackingTable,
     ],
   );
-  const row = result.rows[0] as { schema_exists: boolean; tracked: boolean };
+  const row = result.rows[0] as {
+    schema_exists: boolean;
+    tracked: boolean;
+    guard_locked: string[];
+    guard_type_oid: string;
+  };
   if (!row.schema_exists) throw new SchemaMissingError(target.schema);
+  const mark = guardMarkOf(row);
   if (!row.tracked) {
     await createTrackingTables(conn, target);
-    return [];
+    return { applied: [], mark };
   }
-  return readApplied(conn, target);
+  return { applied: await readApplied(conn, target), mark };
 }
 
-async function runOne(conn: Conn, migration: Migration, direction: Direction): Promise<void> {
+/** Whether a migration opted out of the escape guard. */
+function unguarded(migration: Migration): boolean {
+  // TODO(source): read from the Migration once the loader carries `config.allowOutsideSchema`.
+  return (migration as Migration & { allowOutsideSchema?: boolean }).allowOutsideSchema === true;
+}
+
+/**
+ * The escape guard (see `guard.ts`), for tenant schemas, in the batch's transaction before its
+ * bookkeeping: throws SchemaEscapeError, so the batch rolls back, when it changed anything outside.
+ */
+async function guard(conn: Conn, target: SchemaTarget, steps: readonly Migration[], mark: GuardMark): Promise<void> {
+  if (!target.tenant || steps.length === 0 || steps.some(unguarded)) return;
+  const escapes = await findEscapes(conn, target, mark);
+  if (escapes.length > 0)
+    throw new SchemaEscapeError(
+      target.schema,
+      steps.map((m) => m.name),
+      escapes,
+    );
+}
+
+/** Ends a dry-run's transaction: thrown after the last check, so everything rolls back. */
+const ROLL_BACK = Symbol('dry-run: roll back');
+
+/**
+ * A dry-run of one schema: one transaction with the lock, the scoping and the lock timeout of a
+ * real run, the transactional steps before the first `transaction: false` one (that one and the
+ * rest are reported not checked, never executed), the escape guard, then a rollback. Nothing is
+ * recorded, and a failure is reported, not recorded.
+ */
+async function preflight(run: UnitRun, target: SchemaTarget, request: UnitRequest, progress: Progress): Promise<void> {
+  const direction = request.intent.direction;
+  try {
+    await run.knex.transaction(async (trx) => {
+      await lockForTransaction(trx, target.schema);
+      if (request.prepare && !(await request.prepare(trx))) throw ROLL_BACK;
+      const { applied, mark } = await scopeAndRead(trx, target, run.settings, true);
+      const plan = checkedPlan(request.intent, run.migrations, applied);
+      progress.plan = plan;
+      const cut = plan.steps.findIndex((m) => !m.transaction);
+      const checked = cut < 0 ? plan.steps : plan.steps.slice(0, cut);
+      progress.notChecked = plan.steps.slice(checked.length).map((m) => m.name);
+      for (const migration of checked) {
+        await runOne(trx, migration, direction, request.sqlLog);
+        progress.done.push(migration.name);
+      }
+      await guard(trx, target, checked, mark);
+      throw ROLL_BACK;
+    });
+  } catch (error) {
+    if (error !== ROLL_BACK) throw error;
+  }
+}
+
+async function runOne(conn: Conn, migration: Migration, direction: Direction, sqlLog?: string[]): Promise<void> {
   const fn = direction === 'up' ? migration.up : migration.down;
   if (!fn) throw new MigrationFailedError(migration.name, direction, new Error('it has no down function'));
+  // Knex emits 'query' on the transaction for each statement it sends: the migration's own SQL.
+  const listener = (query: { sql: string; bindings?: readonly unknown[] }): void => {
+    sqlLog?.push(showQuery(conn, query));
+  };
+  if (sqlLog) conn.on('query', listener);
   try {
     await fn(conn as Knex);
   } catch (error) {
     throw new MigrationFailedError(migration.name, direction, error);
+  } finally {
+    if (sqlLog) conn.off('query', listener);
+  }
+}
+
+/** A statement for reading (values inlined by Knex's own quoting; never executed in this form). */
+function showQuery(conn: Conn, query: { sql: string; bindings?: readonly unknown[] }): string {
+  const bindings = (query.bindings ?? []) as Knex.RawBinding[];
+  if (bindings.length === 0) return query.sql;
+  try {
+    return conn.raw(query.sql, bindings).toQuery();
+  } catch {
+    return `${query.sql} -- bindings: ${JSON.stringify(bindings)}`;
   }
 }
 
 /** The one place an error becomes a run failure. */
 export function failureOf(error: unknown): RunFailure {
   return {
-    migration: error instanceof MigrationFailedError ? error.migration : null,
+    migration: error instanceof MigrationFailedError || error instanceof SchemaEscapeError ? error.migration : null,
     message: messageOf(error),
     code: error instanceof ToolkitError ? error.code : (sqlState(error) ?? null),
   };
 }
 
-function report(schema: string, direction: Direction, progress: Progress, error: unknown): SchemaRunReport {
+function report(
+  schema: string,
+  direction: Direction,
+  progress: Progress,
+  error: unknown,
+  dryRun: boolean,
+): SchemaRunReport {
   const steps = progress.plan?.steps ?? [];
   const done = progress.done;
   const failure = error === null ? null : failureOf(error);
@@ -349,16 +466,21 @@ function report(schema: string, direction: Direction, progress: Progress, error:
   const outOfOrder = direction === 'up' ? (progress.plan?.outOfOrder ?? []) : [];
   const warnings =
     outOfOrder.length > 0 ? [`pending migrations older than the newest applied one: ${outOfOrder.join(', ')}`] : [];
-  const moved = done.length > 0 || failure !== null;
+  const moved = done.length > 0 || failure !== null || progress.notChecked.length > 0;
+  const outcome = failure ? 'failed' : moved ? 'migrated' : 'up-to-date';
+  const guarded = (progress.plan?.steps ?? []).filter(unguarded).map((m) => m.name);
   return {
     schema,
-    outcome: failure ? 'failed' : done.length > 0 ? 'migrated' : 'up-to-date',
+    outcome: dryRun && outcome !== 'up-to-date' ? (failure ? 'would-fail' : 'would-migrate') : outcome,
     direction,
     batch: moved ? (progress.plan?.batch ?? null) : null,
     migrations: done,
     results,
     warnings,
     error: failure,
+    notChecked: progress.notChecked,
+    unguarded: guarded,
+    escapes: error instanceof SchemaEscapeError ? error.escapes : [],
   };
 }
 

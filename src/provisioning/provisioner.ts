@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
-import { RegistryMissingError, ToolkitError } from '../errors.ts';
-import { CapabilityMemo, RunBooks } from '../migrations/books.ts';
+import { RegistryMissingError, ToolkitError, UsageError } from '../errors.ts';
+import { CapabilityMemo, NO_CAPABILITIES, RunBooks } from '../migrations/books.ts';
 import { verifyChecksums } from '../migrations/checksums.ts';
 import { folderDigest, UP } from '../migrations/plan.ts';
 import type { Migration } from '../migrations/source.ts';
@@ -10,6 +10,7 @@ import { readApplied } from '../migrations/tracking.ts';
 import { failureOf, migrateSchema, type RunFailure, type RunSettings } from '../migrations/unit.ts';
 import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
 import {
+  changeLabels,
   claimTenant,
   findTenantByOrgId,
   findTenantBySchema,
@@ -39,13 +40,20 @@ export interface ProvisionOptions {
   /** Extensions to make sure of in `public` before migrating (default config: `vector`). */
   readonly extensions: readonly string[];
   readonly settings: RunSettings;
+  /** Labels to add to the tenant (e.g. `canary`); needs the labels master migration. */
+  readonly labels?: readonly string[];
+  /** Preflight: create the schema and run its migrations in a transaction, then roll back; register nothing. */
+  readonly dryRun?: boolean;
 }
 
 export interface ProvisionReport {
   readonly orgId: string;
   readonly schema: string;
-  /** `provisioned` now, `already-active` before this call, or `failed` (registry says FAILED). */
-  readonly outcome: 'provisioned' | 'already-active' | 'failed';
+  /**
+   * `provisioned` now, `already-active` before this call, or `failed` (registry says FAILED);
+   * a dry-run's `would-provision` or `would-fail` (nothing was written).
+   */
+  readonly outcome: 'provisioned' | 'already-active' | 'failed' | 'would-provision' | 'would-fail';
   /** Migrations applied and committed by this call (also when it failed part-way, see the README). */
   readonly migrations: readonly string[];
   readonly durationMs: number;
@@ -81,6 +89,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   const capabilities = await memo.capabilities.get(knex);
   if (!capabilities.registry) throw new RegistryMissingError();
   const recorded = memo.verified ?? (await verifyChecksums(knex, 'tenant', options.migrations));
+  if (options.dryRun) return preflight(knex, orgId, options, started);
   const tenant = await claim(knex, orgId).catch((error: unknown) => {
     // The registry was remembered but is gone (master migrations rolled back): say so, look again next time.
     if (sqlState(error) !== SQLSTATE.UNDEFINED_TABLE) throw error;
@@ -126,6 +135,10 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
     memo.verified = new Set([...recorded, ...applied.map((row) => row.name)]);
     return result('already-active', []);
   };
+  if (options.labels && options.labels.length > 0) {
+    if (!capabilities.labels) throw new UsageError('This registry has no labels yet: run `pnpm migrate:master` first');
+    await changeLabels(knex, orgId, options.labels);
+  }
   if (tenant.status === 'ACTIVE') return alreadyActive();
   const fail = async (failure: RunFailure, migrations: readonly string[]): Promise<ProvisionReport> => {
     await markTenantFailed(knex, orgId, failure.message).catch(() => undefined);
@@ -172,6 +185,69 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   }
   memo.verified = new Set([...recorded, ...run.migrations]);
   return result('provisioned', run.migrations);
+}
+
+/**
+ * A provisioning dry-run: the schema it would get (the registered one, or the first free derived
+ * name), created with every tenant migration and any missing extension in ONE transaction, under
+ * the schema's lock and the escape guard, then rolled back. Nothing is registered.
+ */
+async function preflight(
+  knex: Knex,
+  orgId: string,
+  options: ProvisionOptions,
+  started: number,
+): Promise<ProvisionReport> {
+  const existing = await findTenantByOrgId(knex, orgId);
+  const schema = existing?.schema ?? (await freeName(knex, orgId));
+  const result = (outcome: ProvisionReport['outcome'], migrations: readonly string[], error: RunFailure | null) => ({
+    orgId,
+    schema,
+    outcome,
+    migrations,
+    durationMs: Date.now() - started,
+    error,
+  });
+  if (existing?.status === 'ACTIVE') return result('already-active', [], null);
+  const books = new RunBooks({
+    knex,
+    capabilities: NO_CAPABILITIES,
+    scope: 'tenant',
+    migrations: options.migrations,
+    recorded: new Set(),
+    ledger: { mode: 'none' },
+  });
+  const run = await migrateSchema(
+    { knex, migrations: options.migrations, settings: options.settings, books, dryRun: true },
+    tenantTarget(schema),
+    {
+      intent: UP,
+      tenant: { orgId, schema },
+      hint: [],
+      prepare: async (conn) => {
+        // In the transaction that is rolled back: CREATE EXTENSION and CREATE SCHEMA are transactional.
+        for (const name of options.extensions) {
+          await conn.raw('create extension if not exists ?? schema public', [name]);
+        }
+        await conn.raw('create schema if not exists ??', [schema]);
+        return true;
+      },
+    },
+  );
+  if (run.error) return result('would-fail', run.migrations, run.error);
+  return result('would-provision', [...run.migrations, ...run.notChecked], null);
+}
+
+/** The name a new registration would get, without registering it. */
+async function freeName(knex: Knex, orgId: string): Promise<string> {
+  for (const schema of candidateSchemaNames(orgId)) {
+    const owner = await findTenantBySchema(knex, schema);
+    if (owner && owner.orgId !== orgId) continue;
+    const result = await knex.raw('select exists (select 1 from pg_namespace where nspname = ?) as present', [schema]);
+    if (!owner && result.rows[0]?.present) throw new OrphanSchemaError(schema, orgId);
+    return schema;
+  }
+  throw new ToolkitError('E_NAME_EXHAUSTED', `Every schema name derived from ${orgId} is registered to another org`);
 }
 
 function isUndefinedObject(code: string | null): boolean {

@@ -101,7 +101,9 @@ export class LazyMigrator {
         tenant: who,
       });
       if (report.migrations.length > 0) await books.close().catch(() => undefined);
-      event = { ...who, outcome: report.outcome, migrations: report.migrations, error: report.error, durationMs: 0 };
+      // Never a dry-run here, so never a `would-*` outcome.
+      const outcome = report.outcome as 'migrated' | 'up-to-date' | 'failed';
+      event = { ...who, outcome, migrations: report.migrations, error: report.error, durationMs: 0 };
     } catch (error) {
       // Only loading (a bad file, a checksum mismatch) can land here: the unit reports, it does not throw.
       event = { ...who, outcome: 'failed', migrations: [], error: failureOf(error), durationMs: 0 };

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { RegistryMissingError } from '../errors.ts';
+import { RegistryMissingError, UsageError } from '../errors.ts';
 
 export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED'] as const;
 export type TenantStatus = (typeof TENANT_STATUSES)[number];
@@ -16,6 +16,8 @@ export interface Tenant {
   readonly lastMigrationError: string | null;
   /** Digest of the names applied in its schema (see `digestOf`), when the registry keeps one. */
   readonly migrationsDigest?: string | null;
+  /** Labels (e.g. `canary`, `internal`, a plan tier), when the registry keeps them. */
+  readonly labels?: readonly string[];
 }
 
 const COLUMNS = {
@@ -46,6 +48,7 @@ export function toTenant(row: Record<string, unknown>): Tenant {
     ...(row.migrationsDigest === undefined
       ? {}
       : { migrationsDigest: (row.migrationsDigest as string | null) ?? null }),
+    ...(row.labels === undefined ? {} : { labels: (row.labels as string[] | null) ?? [] }),
   };
 }
 
@@ -76,11 +79,19 @@ export async function registryKeepsDigest(knex: Knex | Knex.Transaction): Promis
 /** All tenants (or those of `orgIds`), in registry order; with their digests when asked. */
 export async function listTenants(
   knex: Knex | Knex.Transaction,
-  options: { orgIds?: readonly string[]; withDigest?: boolean } = {},
+  options: {
+    orgIds?: readonly string[];
+    withDigest?: boolean;
+    withLabels?: boolean;
+    /** Only tenants carrying at least one of these labels. */
+    labels?: readonly string[];
+  } = {},
 ): Promise<Tenant[]> {
   const query = select(knex).orderBy(COLUMNS.id);
   if (options.withDigest) query.select({ migrationsDigest: 'migrations_digest' });
+  if (options.withLabels) query.select({ labels: 'labels' });
   if (options.orgIds) query.whereIn(COLUMNS.orgId, [...options.orgIds]);
+  if (options.labels) query.whereRaw('labels && ?::text[]', [[...options.labels]]);
   return (await query).map(toTenant);
 }
 
@@ -160,4 +171,33 @@ export async function claimTenant(
   );
   const row = result.rows[0] as Record<string, unknown> | undefined;
   return row ? toTenant(row) : undefined;
+}
+
+/** A label: 1 to 64 letters, digits, `_`, `-`, `.` or `:` (shown in commands, so kept plain). */
+export function validateLabel(label: string): string {
+  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(label)) {
+    throw new UsageError(`A label is 1 to 64 letters, digits, _ - . or :, got ${JSON.stringify(label.slice(0, 80))}`);
+  }
+  return label;
+}
+
+/**
+ * Adds (or with `remove`, removes) labels on one tenant, in one statement; returns its labels
+ * after the change, or undefined when the org is not registered.
+ */
+export async function changeLabels(
+  knex: Knex | Knex.Transaction,
+  orgId: string,
+  labels: readonly string[],
+  remove = false,
+): Promise<string[] | undefined> {
+  const change = remove
+    ? 'array(select l from unnest(labels) l where not (l = any(?::text[])) order by l)'
+    : 'array(select distinct l from unnest(labels || ?::text[]) l order by l)';
+  const result = await knex.raw(
+    `update public.tenants set labels = ${change}, updated_at = now() where clerk_org_id = ? returning labels`,
+    [[...labels], orgId],
+  );
+  const row = result.rows[0] as { labels: string[] } | undefined;
+  return row?.labels;
 }

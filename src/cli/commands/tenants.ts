@@ -3,6 +3,8 @@ import type { Command } from 'commander';
 import { UsageError } from '../../errors.ts';
 import type { FanoutReport, TenantRunOptions } from '../../migrations/fanout.ts';
 import type { RollbackOptions } from '../../migrations/rollback.ts';
+import { type Amount, parseAmount, parseWaves } from '../../migrations/waves.ts';
+import { validateLabel } from '../../tenants/registry.ts';
 import type { Toolkit } from '../../toolkit.ts';
 import { type CommonOptions, collect, positiveInteger, withToolkit } from '../context.ts';
 import { createOutput, fanoutProgress, fanoutRun, type Output, show } from '../render.ts';
@@ -12,6 +14,13 @@ export interface TenantFlags extends CommonOptions {
   readonly concurrency?: number;
   readonly failFast?: boolean;
   readonly verify?: boolean;
+  readonly label?: string[];
+  readonly dryRun?: boolean;
+  readonly sql?: boolean;
+  readonly maxFailures?: Amount;
+  readonly canary?: string;
+  readonly canaryTenant?: string[];
+  readonly waves?: Amount[];
 }
 
 interface RollbackFlags extends TenantFlags {
@@ -31,7 +40,16 @@ export function tenantFlags(command: Command): Command {
       'tenants at once (default: the pool size, DB_POOL_MAX)',
       positiveInteger('--concurrency'),
     )
-    .option('--fail-fast', 'start no new tenant after the first failure')
+    .option('--label <name>', 'only tenants with this label (repeatable: any of them)', collect)
+    .option('--fail-fast', 'start no new tenant after the first failure (= --max-failures 1)')
+    .option('--max-failures <n|p%>', 'start no new tenant once this many have failed', (v: string) =>
+      parseAmount(v, '--max-failures'),
+    )
+    .option('--canary <n|p%|label:name>', 'run these tenants first; stop if any of them fails')
+    .option('--canary-tenant <org_id>', 'a canary tenant (repeatable; instead of the first n)', collect)
+    .option('--waves <list>', 'successive waves, e.g. 1,10%,50%,100%; a wave with a failure stops the run', parseWaves)
+    .option('--dry-run', "run each tenant's batch in a transaction, report, and roll it back: nothing is written")
+    .option('--sql', 'with --dry-run: print the SQL the first tenant with work would run')
     .option('--verify', "read every tenant's tracking table instead of trusting the registry's digests")
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (default LOCK_TIMEOUT, 10s)')
     .option('--json', 'print one JSON document');
@@ -39,11 +57,29 @@ export function tenantFlags(command: Command): Command {
 
 /** The one settings value of a tenant run, built once from the flags. */
 export function runOptions(flags: TenantFlags): TenantRunOptions {
+  if (flags.sql && !flags.dryRun) throw new UsageError('--sql goes with --dry-run (it shows what a dry-run executed)');
+  if (flags.failFast && flags.maxFailures) throw new UsageError('Choose one of --fail-fast and --max-failures');
+  if (flags.canary !== undefined && flags.canaryTenant)
+    throw new UsageError('Choose one of --canary and --canary-tenant');
+  for (const label of [...(flags.label ?? []), ...(flags.canary?.startsWith('label:') ? [flags.canary.slice(6)] : [])])
+    validateLabel(label);
+  const canary = flags.canary;
   return {
     ...(flags.tenant ? { orgIds: flags.tenant } : {}),
     ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
     failFast: flags.failFast ?? false,
     verify: flags.verify ?? false,
+    ...(flags.label ? { labels: flags.label } : {}),
+    ...(flags.maxFailures ? { maxFailures: flags.maxFailures } : {}),
+    ...(canary === undefined
+      ? {}
+      : canary.startsWith('label:')
+        ? { canaryLabel: canary.slice(6) }
+        : { canary: parseAmount(canary, '--canary') }),
+    ...(flags.canaryTenant ? { canaryTenants: flags.canaryTenant } : {}),
+    ...(flags.waves ? { waves: flags.waves } : {}),
+    ...(flags.dryRun ? { dryRun: true } : {}),
+    ...(flags.sql ? { sql: true } : {}),
   };
 }
 
@@ -52,17 +88,19 @@ export async function runFanout(
   out: Output,
   command: string,
   verb: string,
-  run: (progress: Pick<TenantRunOptions, 'onStart' | 'onTenant'>) => Promise<FanoutReport>,
+  run: (progress: Pick<TenantRunOptions, 'onStart' | 'onTenant' | 'onWave'>) => Promise<FanoutReport>,
 ): Promise<FanoutReport> {
   const progress = fanoutProgress(out, verb);
   let report: FanoutReport;
   try {
-    report = await run({ onStart: progress.onStart, onTenant: progress.onTenant });
+    report = await run({ onStart: progress.onStart, onTenant: progress.onTenant, onWave: progress.onWave });
   } finally {
     progress.stop();
   }
   show(out, fanoutRun(command), report);
-  if (report.totals.failed > 0) process.exitCode = 1;
+  // A failure, a dry-run's predicted failure, or a run stopped early (canary, budget) is exit 1.
+  if (report.totals.failed > 0 || (report.totals['would-fail'] ?? 0) > 0 || report.stoppedBy !== null)
+    process.exitCode = 1;
   return report;
 }
 
@@ -94,7 +132,8 @@ export function registerTenants(program: Command): void {
     .option('-y, --yes', 'do not ask for confirmation (needed with --last-batch or --all off a terminal)')
     .action(async (flags: RollbackFlags) => {
       const scope = rollbackScope(flags);
-      if (scope.all || scope.lastBatch) await confirm(flags, scope.all ? 'EVERY batch' : 'the latest batch');
+      if ((scope.all || scope.lastBatch) && !flags.dryRun)
+        await confirm(flags, scope.all ? 'EVERY batch' : 'the latest batch');
       const out = createOutput(flags.json ?? false);
       await withToolkit(flags, (tk) =>
         runFanout(out, 'rollback:tenants', 'Rolling back', (progress) =>
@@ -130,4 +169,21 @@ async function confirm(flags: RollbackFlags, what: string): Promise<void> {
   } finally {
     rl.close();
   }
+}
+
+/** `tenants:label <org_id> <label…>`: adds labels to a tenant (`--remove` takes them off). */
+export function registerLabel(program: Command): void {
+  program
+    .command('tenants:label')
+    .description('add labels to a tenant (e.g. canary, internal, a plan tier); --label selects by them')
+    .argument('<org_id>', 'the tenant')
+    .argument('<labels...>', 'one or more labels')
+    .option('--remove', 'remove these labels instead')
+    .option('--json', 'print one JSON document')
+    .action(async (orgId: string, labels: string[], flags: CommonOptions & { remove?: boolean }) => {
+      const out = createOutput(flags.json ?? false);
+      const after = await withToolkit(flags, (tk) => tk.labelTenant(orgId, labels, { remove: flags.remove ?? false }));
+      out.document({ command: 'tenants:label', orgId, labels: after });
+      out.line(`${orgId}: ${after.length === 0 ? '(no labels)' : after.join(', ')}`);
+    });
 }
