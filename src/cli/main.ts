@@ -4,6 +4,7 @@ import pc from 'picocolors';
 import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { ToolkitError } from '../errors.ts';
 import { registerDemo } from './commands/demo.ts';
+import { registerLint } from './commands/lint.ts';
 import { registerMake } from './commands/make.ts';
 import { registerMaster } from './commands/master.ts';
 import { registerMigrate } from './commands/migrate.ts';
@@ -26,6 +27,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     registerProvision,
     registerTenants,
     registerMigrate,
+    registerLint,
     registerStatus,
     registerRuns,
     registerDemo,
