@@ -35,6 +35,8 @@ export interface MigrateTenantsOptions extends TenantRunOptions {
 export interface Toolkit {
   readonly knex: Knex;
   readonly config: ToolkitConfig;
+  /** Where the tenant migrations come from (the configured folder unless another source was given). */
+  readonly tenantSource: MigrationSource;
   /** Where the pool points (`host:port` or the embedded folder), for messages. */
   readonly location: string;
   /** @deprecated Use `location`. */
@@ -108,6 +110,7 @@ export function createToolkit(options: {
   return {
     knex,
     config,
+    tenantSource,
     location,
     describe: location,
     migrateMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'up', o),
