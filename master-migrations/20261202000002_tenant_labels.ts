@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+// migrate-lint-disable index-not-concurrent -- public.tenants has one row per tenant: a plain build takes milliseconds
 
 /**
  * Tenant labels (e.g. `canary`, `internal`, a plan tier): `--label` selects tenants by them in

@@ -11,7 +11,7 @@ import { registerMigrate } from './commands/migrate.ts';
 import { registerProvision } from './commands/provision.ts';
 import { registerRuns } from './commands/runs.ts';
 import { registerStatus } from './commands/status.ts';
-import { registerTenants } from './commands/tenants.ts';
+import { registerLabel, registerTenants } from './commands/tenants.ts';
 
 /** The one CLI entry point behind the package.json scripts. */
 export async function main(argv: readonly string[]): Promise<number> {
@@ -26,6 +26,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     registerMake,
     registerProvision,
     registerTenants,
+    registerLabel,
     registerMigrate,
     registerLint,
     registerStatus,
