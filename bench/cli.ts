@@ -21,7 +21,7 @@ const USAGE = pathToFileURL(path.join(ROOT, 'bench', 'child-usage.ts')).href;
 /** A deploy that takes longer than this is a hang, not a measurement. */
 const TIMEOUT_MS = 30 * 60_000;
 /** Variables of the user's shell that must not reach the child: the bench names its database and folders itself. */
-const SCRUBBED = /^(DATABASE_URL|DB_.*|TENANT_.*|MASTER_.*|LOCK_TIMEOUT|PGLITE_DATA_DIR|DEBUG)$/;
+const SCRUBBED = /^(DATABASE_URL|DB_.*|TENANT_.*|MASTER_.*|LOCK_TIMEOUT|ESCAPE_GUARD|LEDGER_.*|PGLITE_DATA_DIR|DEBUG)$/;
 
 /**
  * Runs `src/cli/main.ts <args>` as users do (`pnpm migrate:tenants` is `tsx src/cli/main.ts

@@ -13,6 +13,7 @@ import { captureMigrationSql } from './capture.ts';
 import { checkTargets, formatValue, renderTable, summarise, writeJson } from './report.ts';
 import { EmbeddedRefusedError, live, openServer, ROOT, type Server, withFreshDatabase } from './server.ts';
 import { big } from './variants/big.ts';
+import { costs } from './variants/costs.ts';
 import { floor } from './variants/floor.ts';
 import { naive } from './variants/naive.ts';
 import { provision, provisionFloor } from './variants/provision.ts';
@@ -20,7 +21,7 @@ import { toolkit } from './variants/toolkit.ts';
 import type { BenchContext, Measurement, Variant } from './variants/types.ts';
 
 /** Interleaved and repeated, in this order rotated by one each round. */
-const ROUND: readonly Variant[] = [naive, toolkit, floor, provision, provisionFloor];
+const ROUND: readonly Variant[] = [naive, toolkit, floor, costs, provision, provisionFloor];
 /** Built once (it is the large fleet); repeats happen inside it. */
 const ONCE: readonly Variant[] = [big];
 const ALL = [...ROUND, ...ONCE];

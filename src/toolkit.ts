@@ -83,7 +83,7 @@ export function createToolkit(options: {
   const { knex, config } = options;
   const masterSource = options.sources?.master ?? folderSource(config.masterMigrationsDir, 'MASTER_MIGRATIONS_DIR');
   const tenantSource = options.sources?.tenant ?? folderSource(config.tenantMigrationsDir, 'TENANT_MIGRATIONS_DIR');
-  const settings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs };
+  const settings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs, escapeGuard: config.escapeGuard };
   const poolMax = options.poolMax ?? config.poolMax;
   let tenantMigrations: Promise<readonly Migration[]> | undefined;
   const loadTenant = (): Promise<readonly Migration[]> => {

@@ -10,7 +10,7 @@ import { ROOT } from './helpers/engine.ts';
  * (timings are not asserted: benchmarks are not tests), else its refusal of the embedded engine.
  */
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
-const VARIANTS = ['naive', 'toolkit', 'floor', 'provision', 'provision-floor', 'big'];
+const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'provision-floor', 'big'];
 const METRICS = [
   'migrate.naive',
   'noop.naive',
@@ -20,6 +20,9 @@ const METRICS = [
   'cpu.migrate.toolkit',
   'startup.cli',
   'migrate.floor',
+  'migrate.dryrun',
+  'migrate.noguard',
+  'migrate.noledger',
   'provision.toolkit',
   'provision.floor',
   'migrate.toolkit.big',

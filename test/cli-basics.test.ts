@@ -17,6 +17,7 @@ const MASTER_NAMES = [
   '20261121000002_create_focus_areas.ts',
   '20261121000003_create_coaching_categories.ts',
   '20261202000001_run_ledger.ts',
+  '20261202000002_tenant_labels.ts',
 ];
 const STACK = /^\s+at /m;
 
@@ -50,7 +51,7 @@ describe('migrate:master and rollback:master', () => {
   it('applies the three master migrations, is then up to date, rolls the batch back, and --json prints one document', async () => {
     const first = await runCli(['migrate:master'], env);
     expect(first.code, first.stderr).toBe(0);
-    expect(first.stdout).toBe(`Applied 4 master migrations: ${MASTER_NAMES.join(', ')}\n`);
+    expect(first.stdout).toBe(`Applied ${MASTER_NAMES.length} master migrations: ${MASTER_NAMES.join(', ')}\n`);
 
     const second = await runCli(['migrate:master'], env);
     expect(second.code, second.stderr).toBe(0);
@@ -58,7 +59,9 @@ describe('migrate:master and rollback:master', () => {
 
     const down = await runCli(['rollback:master'], env);
     expect(down.code, down.stderr).toBe(0);
-    expect(down.stdout).toBe(`Rolled back 4 master migrations: ${[...MASTER_NAMES].reverse().join(', ')}\n`);
+    expect(down.stdout).toBe(
+      `Rolled back ${MASTER_NAMES.length} master migrations: ${[...MASTER_NAMES].reverse().join(', ')}\n`,
+    );
     await inspect(async (db) => {
       const tables = await publicTables(db);
       expect(tables).not.toContain('tenants');

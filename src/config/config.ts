@@ -31,6 +31,8 @@ export interface ToolkitConfig {
   readonly lockTimeoutMs: number;
   /** How long the run ledger keeps per-tenant rows: those of the last `runs` runs and of the last `days` days. */
   readonly ledgerRetention: { readonly runs: number; readonly days: number };
+  /** Check that each tenant batch changed only its own schema (default on; `ESCAPE_GUARD=off`). */
+  readonly escapeGuard: boolean;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -63,6 +65,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   const keepRuns = parseInteger(env, 'LEDGER_KEEP_RUNS', DEFAULTS.ledgerKeepRuns, 1, 1_000_000, problems);
   const keepDays = parseInteger(env, 'LEDGER_KEEP_DAYS', DEFAULTS.ledgerKeepDays, 1, 100_000, problems);
   const tenantExtensions = parseExtensions(env.TENANT_EXTENSIONS ?? DEFAULTS.tenantExtensions, problems);
+  const escapeGuard = parseBoolean(env, 'ESCAPE_GUARD', true, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return {
     connection: connection!,
@@ -72,6 +75,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
     poolMax: connection!.kind === 'embedded' ? 1 : poolMax,
     lockTimeoutMs,
     ledgerRetention: { runs: keepRuns, days: keepDays },
+    escapeGuard,
   };
 }
 
