@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { Knex } from 'knex';
-import { MigrationSourceError, messageOf } from '../errors.ts';
+import { MigrationSourceError } from '../errors.ts';
+import { evaluateModule, loadErrorReason } from './load-module.ts';
+import { SqlFileError } from './sql-file.ts';
+import { type SqlMigration, sqlMigration } from './sql-migration.ts';
 
 /** What a migration file exports: Knex's own module shape. */
 export interface MigrationModule {
@@ -18,7 +20,7 @@ export interface Migration {
   readonly file: string;
   /** sha256 of the file with line endings normalised, recorded when it is applied. */
   readonly checksum: string;
-  /** False when the file exports `config = { transaction: false }`. */
+  /** False when the file exports `config = { transaction: false }`, or a `.sql` section says `transaction:false`. */
   readonly transaction: boolean;
   readonly up: (knex: Knex) => Promise<unknown> | unknown;
   readonly down: ((knex: Knex) => Promise<unknown> | unknown) | undefined;
@@ -30,13 +32,21 @@ export interface MigrationSource {
   load(): Promise<readonly Migration[]>;
 }
 
-const EXTENSIONS = new Set(['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs']);
+/** JavaScript and TypeScript modules, in every module system Knex users write (see load-module.ts). */
+const MODULE_EXTENSIONS = new Set(['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs']);
 
 function isMigrationFile(file: string): boolean {
-  return EXTENSIONS.has(path.extname(file)) && !/\.d\.[mc]?ts$/.test(file) && !file.startsWith('.');
+  const extension = path.extname(file);
+  return (
+    (MODULE_EXTENSIONS.has(extension) || extension === '.sql') && !/\.d\.[mc]?ts$/.test(file) && !file.startsWith('.')
+  );
 }
 
-/** Reads a folder of Knex migration modules (`.ts` or `.js`). `variable` names the setting in errors. */
+/**
+ * Reads a folder of migrations: Knex modules (ESM, CommonJS or TypeScript) and plain `.sql`
+ * files (dbmate's `-- migrate:up` / `-- migrate:down` markers, see sql-file.ts), sorted by file
+ * name as Knex sorts them. `variable` names the setting in errors.
+ */
 export function folderSource(dir: string, variable = 'the migrations folder'): MigrationSource {
   return {
     async load() {
@@ -46,7 +56,7 @@ export function folderSource(dir: string, variable = 'the migrations folder'): M
       const files = readdirSync(dir).filter(isMigrationFile).sort();
       checkDuplicates(files);
       const migrations: Migration[] = [];
-      for (const file of files) migrations.push(await loadFile(path.join(dir, file)));
+      for (const file of files) migrations.push(await loadFile(path.join(dir, file), variable));
       return migrations;
     },
   };
@@ -64,31 +74,40 @@ function checkDuplicates(files: readonly string[]): void {
   }
 }
 
-/** The line of a load error that says where: esbuild puts `file:line:col: ERROR: …` after a header. */
-function loadErrorLine(error: unknown): string {
-  const text = (error as Error | undefined)?.message ?? String(error);
-  const located = text.split('\n').find((line) => /:\d+:\d+: ERROR: /.test(line));
-  return located ? located.replace(/^.*[\\/]/, '').trim() : messageOf(error);
-}
-
 export function checksumOf(content: string): string {
   return createHash('sha256').update(content.replace(/\r\n/g, '\n'), 'utf8').digest('hex');
 }
 
-async function loadFile(file: string): Promise<Migration> {
+/** The name is the file name with its extension, exactly as Knex records it. */
+async function loadFile(file: string, variable: string): Promise<Migration> {
   const name = path.basename(file);
-  const checksum = checksumOf(readFileSync(file, 'utf8'));
-  let mod: Partial<MigrationModule> & { default?: Partial<MigrationModule> };
-  try {
-    // The checksum in the URL makes an edited file load afresh in a long-lived process.
-    mod = await import(`${pathToFileURL(file).href}?v=${checksum.slice(0, 12)}`);
-  } catch (error) {
-    throw new MigrationSourceError(`Cannot load migration ${name}: ${loadErrorLine(error)}`, { file, cause: error });
+  const content = readFileSync(file, 'utf8');
+  const checksum = checksumOf(content);
+  if (path.extname(file) === '.sql') {
+    let sql: SqlMigration;
+    try {
+      sql = await sqlMigration(content);
+    } catch (error) {
+      if (!(error instanceof SqlFileError)) throw error;
+      throw new MigrationSourceError(`Cannot load migration ${name}: ${error.message}`, { file, cause: error });
+    }
+    return { name, file, checksum, ...sql };
   }
-  // CommonJS files compiled by TypeScript arrive under `default`.
-  const exported = typeof mod.up === 'function' ? mod : (mod.default ?? mod);
-  if (typeof exported.up !== 'function') {
-    throw new MigrationSourceError(`Migration ${name} does not export an up(knex) function`, { file });
+  let mod: unknown;
+  try {
+    mod = await evaluateModule(file, content, checksum.slice(0, 12));
+  } catch (error) {
+    throw new MigrationSourceError(
+      `Cannot load migration ${name}: ${loadErrorReason(error, file)} (fix the file, or move it out of ${variable} if it is not a migration)`,
+      { file, cause: error },
+    );
+  }
+  const exported = exportsOf(mod);
+  if (typeof exported?.up !== 'function') {
+    throw new MigrationSourceError(
+      `Migration ${name} does not export an up(knex) function: export one (\`export async function up(knex)\`, or \`exports.up = …\` in CommonJS), or move the file out of ${variable} if it is not a migration`,
+      { file },
+    );
   }
   if (exported.down !== undefined && typeof exported.down !== 'function') {
     throw new MigrationSourceError(`Migration ${name} exports a down that is not a function`, { file });
@@ -101,4 +120,11 @@ async function loadFile(file: string): Promise<Migration> {
     up: exported.up,
     down: exported.down,
   };
+}
+
+/** The module's exports as Knex reads them; CommonJS files compiled by TypeScript arrive under `default`. */
+function exportsOf(mod: unknown): Partial<MigrationModule> | undefined {
+  if ((typeof mod !== 'object' && typeof mod !== 'function') || mod === null) return undefined;
+  const namespace = mod as Partial<MigrationModule> & { default?: Partial<MigrationModule> };
+  return typeof namespace.up === 'function' ? namespace : (namespace.default ?? namespace);
 }

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { configFromEnvironment } from '../../config/env.ts';
 import { UsageError } from '../../errors.ts';
 
-const TEMPLATE = `import type { Knex } from 'knex';
+const TS_TEMPLATE = `import type { Knex } from 'knex';
 
 export async function up(knex: Knex): Promise<void> {
   // Unqualified names resolve to the target schema first, then public.
@@ -21,33 +21,55 @@ export async function down(knex: Knex): Promise<void> {
 // export const config = { transaction: false };
 `;
 
+// dbmate's markers; the convention is described in src/migrations/sql-file.ts.
+const SQL_TEMPLATE = `-- Unqualified names resolve to the target schema first, then public.
+-- For statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY), write the
+-- marker as "-- migrate:up transaction:false": that section then runs statement by statement.
+
+-- migrate:up
+-- create table example (id bigint generated always as identity primary key);
+
+-- migrate:down
+-- drop table example;
+`;
+
+/** The kinds of file `migrate:make:*` writes. */
+export type MigrationFormat = 'ts' | 'sql';
+
 /** Knex's file-name timestamp: YYYYMMDDHHMMSS in UTC. */
 function timestamp(now: Date): string {
   return now.toISOString().replace(/[-:T]/g, '').slice(0, 14);
 }
 
-/** Writes `<dir>/<timestamp>_<name>.ts` from the template; returns the path. */
-export function makeMigration(dir: string, name: string, now: Date = new Date()): string {
+/** Writes `<dir>/<timestamp>_<name>.ts` (or `.sql`) from the template; returns the path. */
+export function makeMigration(
+  dir: string,
+  name: string,
+  options: { readonly format?: MigrationFormat; readonly now?: Date } = {},
+): string {
+  const { format = 'ts', now = new Date() } = options;
   if (!/^[A-Za-z0-9_-]{1,100}$/.test(name)) {
     throw new UsageError(`Invalid migration name ${JSON.stringify(name)}: use letters, digits, "_" and "-"`);
   }
   mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, `${timestamp(now)}_${name}.ts`);
+  const file = path.join(dir, `${timestamp(now)}_${name}.${format}`);
   if (existsSync(file)) throw new UsageError(`${file} already exists`);
-  writeFileSync(file, TEMPLATE, { flag: 'wx' });
+  writeFileSync(file, format === 'sql' ? SQL_TEMPLATE : TS_TEMPLATE, { flag: 'wx' });
   return file;
 }
 
-/** `migrate:make:master <name>` and `migrate:make:tenant <name>`. */
+/** `migrate:make:master [--sql] <name>` and `migrate:make:tenant [--sql] <name>`. */
 export function registerMake(program: Command): void {
   for (const kind of ['master', 'tenant'] as const) {
     program
       .command(`migrate:make:${kind}`)
-      .description(`write a timestamped TypeScript ${kind} migration from the template`)
+      .description(`write a timestamped ${kind} migration (TypeScript, or SQL with --sql) from the template`)
       .argument('<name>', 'what the migration does, e.g. add_focus_area_colour')
-      .action((name: string) => {
+      .option('--sql', 'write a plain .sql migration with "-- migrate:up" and "-- migrate:down" sections')
+      .action((name: string, options: { sql?: boolean }) => {
         const config = configFromEnvironment();
-        const file = makeMigration(kind === 'master' ? config.masterMigrationsDir : config.tenantMigrationsDir, name);
+        const dir = kind === 'master' ? config.masterMigrationsDir : config.tenantMigrationsDir;
+        const file = makeMigration(dir, name, { format: options.sql ? 'sql' : 'ts' });
         process.stdout.write(`Created ${path.relative(process.cwd(), file)}\n`);
       });
   }
