@@ -11,7 +11,7 @@ import { type SqlMigration, sqlMigration } from './sql-migration.ts';
 export interface MigrationModule {
   up(knex: Knex): Promise<unknown> | unknown;
   down?(knex: Knex): Promise<unknown> | unknown;
-  config?: { transaction?: boolean };
+  config?: { transaction?: boolean; allowOutsideSchema?: boolean };
 }
 
 /** One loaded migration. `name` is the file name, as Knex records it. */
@@ -22,6 +22,11 @@ export interface Migration {
   readonly checksum: string;
   /** False when the file exports `config = { transaction: false }`, or a `.sql` section says `transaction:false`. */
   readonly transaction: boolean;
+  /**
+   * True when the file exports `config = { allowOutsideSchema: true }`: it changes objects outside
+   * the tenant's schema on purpose, and the escape guard lets its batch through (and says so).
+   */
+  readonly allowOutsideSchema?: boolean;
   readonly up: (knex: Knex) => Promise<unknown> | unknown;
   readonly down: ((knex: Knex) => Promise<unknown> | unknown) | undefined;
 }
@@ -117,6 +122,7 @@ async function loadFile(file: string, variable: string): Promise<Migration> {
     file,
     checksum,
     transaction: exported.config?.transaction !== false,
+    allowOutsideSchema: exported.config?.allowOutsideSchema === true,
     up: exported.up,
     down: exported.down,
   };

@@ -361,8 +361,7 @@ async function scopeAndRead(
 
 /** Whether a migration opted out of the escape guard. */
 function unguarded(migration: Migration): boolean {
-  // TODO(source): read from the Migration once the loader carries `config.allowOutsideSchema`.
-  return (migration as Migration & { allowOutsideSchema?: boolean }).allowOutsideSchema === true;
+  return migration.allowOutsideSchema === true;
 }
 
 /**
