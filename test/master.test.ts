@@ -48,7 +48,7 @@ describe('master migrations', () => {
       .withSchema('public')
       .select('name', 'batch', 'migration_time')
       .orderBy('id');
-    expect(history.map((r) => r.batch)).toEqual([1, 1, 1, 1]);
+    expect(history.map((r) => r.batch)).toEqual(first.migrations.map(() => 1));
     expect(history.every((r) => r.migration_time instanceof Date)).toBe(true);
 
     const second = await tk.migrateMaster();
