@@ -125,6 +125,7 @@ function dryRunText(report: FanoutReport): string[] {
   const lines: string[] = [];
   if (report.sql) {
     lines.push(pc.bold(`SQL of ${report.sql.orgId} (${report.sql.schema}), captured in its dry-run:`));
+    lines.push(`-- run with search_path = "${report.sql.schema}", public (transaction-local), as every tenant's batch`);
     if (report.sql.statements.length === 0) lines.push(pc.dim('  (no statements)'));
     for (const statement of report.sql.statements) lines.push(`${statement};`);
     lines.push('');
