@@ -9,6 +9,7 @@ import { registerMake } from './commands/make.ts';
 import { registerMaster } from './commands/master.ts';
 import { registerMigrate } from './commands/migrate.ts';
 import { registerProvision } from './commands/provision.ts';
+import { registerReport } from './commands/report.ts';
 import { registerRuns } from './commands/runs.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerLabel, registerTenants } from './commands/tenants.ts';
@@ -31,6 +32,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     registerLint,
     registerStatus,
     registerRuns,
+    registerReport,
     registerDemo,
   ]) {
     register(program);
