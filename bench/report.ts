@@ -37,6 +37,9 @@ const LABELS: Record<string, string> = {
   'status.toolkit.big': `migrate:status — toolkit ${WHOLE}`,
   'migrate.toolkit.big': `migrate — toolkit migrate:tenants ${WHOLE}`,
   'startup.cli': `CLI start-up — --help ${WHOLE}`,
+  'report.toolkit': `migrate:report — registry only ${WHOLE}`,
+  'report.size': 'migrate:report — page size',
+  'report.render': 'migrate:report — render in headless Chromium (to load)',
   'provision.toolkit': 'provision one tenant — provisionTenant',
   'provision.floor': 'provision one tenant — floor (one transaction)',
   'cpu.migrate.toolkit': 'client CPU — migrate:tenants',
@@ -48,11 +51,13 @@ const LABELS: Record<string, string> = {
   'cpu.status.toolkit.big': 'client CPU — migrate:status',
   'cpu.migrate.toolkit.big': 'client CPU — migrate:tenants',
   'cpu.startup.cli': 'client CPU — --help',
+  'cpu.report.toolkit': 'client CPU — migrate:report',
   'rss.migrate.toolkit': 'peak RSS — migrate:tenants',
   'rss.migrate.toolkit.big': 'peak RSS — migrate:tenants',
   'rss.noop.toolkit.big': 'peak RSS — no-op rerun',
   'rss.status.toolkit.big': 'peak RSS — migrate:status',
   'rss.startup.cli': 'peak RSS — --help',
+  'rss.report.toolkit': 'peak RSS — migrate:report',
 };
 const ORDER = Object.keys(LABELS);
 
@@ -148,7 +153,7 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
 
 export function formatValue(value: number, unit: 'ms' | 'kB'): string {
   if (!Number.isFinite(value)) return '-';
-  if (unit === 'kB') return `${(value / 1024).toFixed(0)} MB`;
+  if (unit === 'kB') return value < 1024 ? `${value.toFixed(0)} kB` : `${(value / 1024).toFixed(0)} MB`;
   if (value < 10) return `${value.toFixed(2)} ms`;
   if (value < 1000) return `${value.toFixed(1)} ms`;
   return `${(value / 1000).toFixed(2)} s`;

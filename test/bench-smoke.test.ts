@@ -10,7 +10,7 @@ import { ROOT } from './helpers/engine.ts';
  * (timings are not asserted: benchmarks are not tests), else its refusal of the embedded engine.
  */
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
-const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'provision-floor', 'big'];
+const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'provision-floor', 'big', 'report'];
 const METRICS = [
   'migrate.naive',
   'noop.naive',
@@ -23,6 +23,8 @@ const METRICS = [
   'migrate.dryrun',
   'migrate.noguard',
   'migrate.noledger',
+  'report.toolkit',
+  'report.size',
   'provision.toolkit',
   'provision.floor',
   'migrate.toolkit.big',

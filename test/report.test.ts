@@ -131,6 +131,7 @@ if (browser) {
         expect(errorCounts.sort()).toEqual(['1', '2']);
         const runRows = await page.$$eval('table.runs tbody tr', (rows) => rows.length);
         expect(runRows).toBe(2);
+        // biome-ignore lint/performance/useDomNodeTextContent: what a person sees is the point here
         const visibleText = await page.evaluate(() => document.body.innerText);
         expect(visibleText).toMatch(/◀ target/);
         await page.screenshot({ path: path.join(OUTPUT, `fleet-report-${engine.kind}.png`), fullPage: true });
