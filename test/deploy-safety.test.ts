@@ -13,11 +13,14 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
-import { folders, runCli } from './helpers/cli.ts';
+import { type CliResult, folders, runCli as runChild } from './helpers/cli.ts';
 import { startEngine, type TestEngine } from './helpers/engine.ts';
 
 // Deploy safety (issue 12): a dry-run executes and rolls back, canaries, the failure budget,
 // waves, labels, and the escape guard, on a real PostgreSQL (the server, or PGlite).
+
+/** Tests that start the CLI: each child opens the database (on PGlite, the whole engine). */
+const CLI_TIMEOUT = 300_000;
 
 let engine: TestEngine;
 let tk: Toolkit;
@@ -40,6 +43,21 @@ afterAll(async () => {
 beforeEach(async () => {
   await resetTenants(tk.knex);
 });
+
+/**
+ * The CLI as a child process. The embedded engine is one process at a time: this file's own
+ * toolkit lets go of the folder while the child runs, and opens it again after.
+ */
+async function runCli(args: readonly string[], env: Record<string, string>): Promise<CliResult> {
+  if (engine.kind !== 'embedded') return runChild(args, env);
+  const config = tk.config;
+  await tk.close();
+  try {
+    return await runChild(args, env);
+  } finally {
+    tk = await openToolkit(config);
+  }
+}
 
 /** Everything a run may write, as text: registry, ledger, checksums, tracking tables and the catalog. */
 async function snapshot(knex: Knex): Promise<string> {
@@ -106,27 +124,31 @@ describe('--dry-run', () => {
     }
   });
 
-  it('through the CLI: exit 1 when a tenant would fail, 0 otherwise; --json; --sql shows the statements', async () => {
-    const ids = orgIds('drycli', 2);
-    const schemas = await provisionAll(tk, ids);
-    const env = {
-      ...engine.env,
-      ...folders(master, deployFolder([...V1, '004_member_email.ts'])),
-      TENANT_EXTENSIONS: '',
-    };
-    const clean = await runCli(['migrate:tenants', '--dry-run', '--sql'], env);
-    expect(clean.code, clean.stderr).toBe(0);
-    expect(clean.stdout).toMatch(/alter table "members" add column "email" varchar\(255\)/);
-    expect(clean.stdout).toMatch(/Dry run, nothing written: 2 tenants: 2 would migrate, 0 would fail/);
+  it(
+    'through the CLI: exit 1 when a tenant would fail, 0 otherwise; --json; --sql shows the statements',
+    async () => {
+      const ids = orgIds('drycli', 2);
+      const schemas = await provisionAll(tk, ids);
+      const env = {
+        ...engine.env,
+        ...folders(master, deployFolder([...V1, '004_member_email.ts'])),
+        TENANT_EXTENSIONS: '',
+      };
+      const clean = await runCli(['migrate:tenants', '--dry-run', '--sql'], env);
+      expect(clean.code, clean.stderr).toBe(0);
+      expect(clean.stdout).toMatch(/alter table "members" add column "email" varchar\(255\)/);
+      expect(clean.stdout).toMatch(/Dry run, nothing written: 2 tenants: 2 would migrate, 0 would fail/);
 
-    await duplicateHandles(schemas.get(ids[1]!)!);
-    const env2 = { ...env, ...folders(master, deployFolder([...V1, '005_unique_handle.ts'])) };
-    const failing = await runCli(['migrate:tenants', '--dry-run', '--json'], env2);
-    expect(failing.code, failing.stderr).toBe(1);
-    const doc = JSON.parse(failing.stdout) as FanoutReport;
-    expect(doc.totals).toMatchObject({ 'would-migrate': 1, 'would-fail': 1 });
-    expect(await tracking(tk.knex, schemas.get(ids[0]!)!)).toHaveLength(2);
-  });
+      await duplicateHandles(schemas.get(ids[1]!)!);
+      const env2 = { ...env, ...folders(master, deployFolder([...V1, '005_unique_handle.ts'])) };
+      const failing = await runCli(['migrate:tenants', '--dry-run', '--json'], env2);
+      expect(failing.code, failing.stderr).toBe(1);
+      const doc = JSON.parse(failing.stdout) as FanoutReport;
+      expect(doc.totals).toMatchObject({ 'would-migrate': 1, 'would-fail': 1 });
+      expect(await tracking(tk.knex, schemas.get(ids[0]!)!)).toHaveLength(2);
+    },
+    CLI_TIMEOUT,
+  );
 
   it('does not execute transaction: false migrations: they are reported not-checked', async () => {
     const [id] = orgIds('drynt', 1);
@@ -156,22 +178,26 @@ describe('--dry-run', () => {
 });
 
 describe('canaries, the failure budget and waves', () => {
-  it('--canary 1 with a failing canary migrates nothing else, exit 1, the summary names the canary', async () => {
-    const ids = orgIds('canary', 4);
-    const schemas = await provisionAll(tk, ids);
-    await duplicateHandles(schemas.get(ids[0]!)!);
-    const env = {
-      ...engine.env,
-      ...folders(master, deployFolder([...V1, '005_unique_handle.ts'])),
-      TENANT_EXTENSIONS: '',
-    };
-    const result = await runCli(['migrate:tenants', '--canary', '1', '--json'], env);
-    expect(result.code, result.stderr).toBe(1);
-    const doc = JSON.parse(result.stdout) as FanoutReport;
-    expect(doc).toMatchObject({ canaries: [ids[0]], stoppedBy: 'canary' });
-    expect(doc.totals).toMatchObject({ migrated: 0, failed: 1, skipped: 3 });
-    for (const id of ids.slice(1)) expect(await tracking(tk.knex, schemas.get(id)!)).toHaveLength(2);
-  });
+  it(
+    '--canary 1 with a failing canary migrates nothing else, exit 1, the summary names the canary',
+    async () => {
+      const ids = orgIds('canary', 4);
+      const schemas = await provisionAll(tk, ids);
+      await duplicateHandles(schemas.get(ids[0]!)!);
+      const env = {
+        ...engine.env,
+        ...folders(master, deployFolder([...V1, '005_unique_handle.ts'])),
+        TENANT_EXTENSIONS: '',
+      };
+      const result = await runCli(['migrate:tenants', '--canary', '1', '--json'], env);
+      expect(result.code, result.stderr).toBe(1);
+      const doc = JSON.parse(result.stdout) as FanoutReport;
+      expect(doc).toMatchObject({ canaries: [ids[0]], stoppedBy: 'canary' });
+      expect(doc.totals).toMatchObject({ migrated: 0, failed: 1, skipped: 3 });
+      for (const id of ids.slice(1)) expect(await tracking(tk.knex, schemas.get(id)!)).toHaveLength(2);
+    },
+    CLI_TIMEOUT,
+  );
 
   it('a passing canary (named with --canary-tenant) goes first, then the rest', async () => {
     const ids = orgIds('canok', 3);
@@ -221,30 +247,34 @@ describe('canaries, the failure budget and waves', () => {
 });
 
 describe('labels', () => {
-  it('tenants:label sets them, --label selects by them, --canary label:<name> uses them as canaries', async () => {
-    const ids = orgIds('label', 3);
-    await provisionAll(tk, ids);
-    const env = {
-      ...engine.env,
-      ...folders(master, deployFolder([...V1, '004_member_email.ts'])),
-      TENANT_EXTENSIONS: '',
-    };
-    const labelled = await runCli(['tenants:label', ids[1]!, 'internal', 'canary'], env);
-    expect(labelled.code, labelled.stderr).toBe(0);
-    expect(labelled.stdout).toMatch(/canary, internal/);
-    const bad = await runCli(['tenants:label', ids[1]!, 'no spaces'], env);
-    expect(bad.code).toBe(2);
+  it(
+    'tenants:label sets them, --label selects by them, --canary label:<name> uses them as canaries',
+    async () => {
+      const ids = orgIds('label', 3);
+      await provisionAll(tk, ids);
+      const env = {
+        ...engine.env,
+        ...folders(master, deployFolder([...V1, '004_member_email.ts'])),
+        TENANT_EXTENSIONS: '',
+      };
+      const labelled = await runCli(['tenants:label', ids[1]!, 'internal', 'canary'], env);
+      expect(labelled.code, labelled.stderr).toBe(0);
+      expect(labelled.stdout).toMatch(/canary, internal/);
+      const bad = await runCli(['tenants:label', ids[1]!, 'no spaces'], env);
+      expect(bad.code).toBe(2);
 
-    const only = await runCli(['migrate:tenants', '--label', 'internal', '--json'], env);
-    expect(only.code, only.stderr).toBe(0);
-    const doc = JSON.parse(only.stdout) as FanoutReport;
-    expect(doc.tenants.map((t) => t.orgId)).toEqual([ids[1]]);
+      const only = await runCli(['migrate:tenants', '--label', 'internal', '--json'], env);
+      expect(only.code, only.stderr).toBe(0);
+      const doc = JSON.parse(only.stdout) as FanoutReport;
+      expect(doc.tenants.map((t) => t.orgId)).toEqual([ids[1]]);
 
-    const next = deployed(tk, [...V1, '004_member_email.ts', '012_member_nickname.ts']);
-    const report = await next.migrateTenants({ canaryLabel: 'canary' });
-    expect(report.canaries).toEqual([ids[1]]);
-    expect(report.totals.migrated).toBe(3);
-  });
+      const next = deployed(tk, [...V1, '004_member_email.ts', '012_member_nickname.ts']);
+      const report = await next.migrateTenants({ canaryLabel: 'canary' });
+      expect(report.canaries).toEqual([ids[1]]);
+      expect(report.totals.migrated).toBe(3);
+    },
+    CLI_TIMEOUT,
+  );
 });
 
 describe('the escape guard', () => {
