@@ -18,6 +18,7 @@ const MASTER_NAMES = [
   '20261121000003_create_coaching_categories.ts',
   '20261202000001_run_ledger.ts',
   '20261202000002_tenant_labels.ts',
+  '20261202000003_tracking_trigger.ts',
 ];
 const STACK = /^\s+at /m;
 

@@ -3,7 +3,6 @@ import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
 import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { ToolkitError } from '../errors.ts';
-import { registerAdopt } from './commands/adopt.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerLint } from './commands/lint.ts';
 import { registerMake } from './commands/make.ts';
@@ -14,6 +13,7 @@ import { registerReport } from './commands/report.ts';
 import { registerRuns } from './commands/runs.ts';
 import { registerStatus } from './commands/status.ts';
 import { registerLabel, registerTenants } from './commands/tenants.ts';
+import { registerUnlock } from './commands/unlock.ts';
 
 /** The one CLI entry point behind the package.json scripts. */
 export async function main(argv: readonly string[]): Promise<number> {
@@ -29,11 +29,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     registerProvision,
     registerTenants,
     registerLabel,
-    registerAdopt,
     registerMigrate,
     registerLint,
     registerStatus,
     registerRuns,
+    registerUnlock,
     registerReport,
     registerDemo,
   ]) {

@@ -27,3 +27,12 @@ export async function lockSession(conn: Knex, name: string): Promise<void> {
 export async function unlockSession(conn: Knex, name: string): Promise<void> {
   await conn.raw('select pg_advisory_unlock(?, hashtext(?))', [LOCK_NAMESPACE, name]);
 }
+
+/**
+ * Tries the transaction-scoped lock for `name` without waiting: false when another session holds
+ * it (a toolkit run on that schema right now). Released like `lockForTransaction`.
+ */
+export async function tryLockForTransaction(trx: Knex.Transaction, name: string): Promise<boolean> {
+  const result = await trx.raw('select pg_try_advisory_xact_lock(?, hashtext(?)) as locked', [LOCK_NAMESPACE, name]);
+  return Boolean(result.rows[0]?.locked);
+}

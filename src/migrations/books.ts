@@ -9,7 +9,7 @@ import {
 } from '../ledger/ledger.ts';
 import { type ChecksumScope, recordChecksums } from './checksums.ts';
 import type { Migration } from './source.ts';
-import { type SchemaTarget, trackingChange } from './tracking.ts';
+import { type SchemaTarget, TRACKING_TRIGGER_FUNCTION, trackingChange } from './tracking.ts';
 
 /**
  * Bookkeeping: everything a run writes besides the migrations themselves. Each concern is
@@ -29,9 +29,20 @@ export interface Capabilities {
   readonly ledger: boolean;
   /** `public.tenants.labels` exists. */
   readonly labels: boolean;
+  /**
+   * The tracking trigger's function exists (master migration `20261202000003_tracking_trigger`),
+   * so tenant tracking tables get the trigger that clears the digest on outside changes.
+   */
+  readonly trackingTrigger: boolean;
 }
 
-export const NO_CAPABILITIES: Capabilities = { registry: false, digest: false, ledger: false, labels: false };
+export const NO_CAPABILITIES: Capabilities = {
+  registry: false,
+  digest: false,
+  ledger: false,
+  labels: false,
+  trackingTrigger: false,
+};
 
 export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<Capabilities> {
   const result = await conn.raw(
@@ -40,10 +51,17 @@ export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<
                      and attname = 'migrations_digest' and not attisdropped) as digest,
             to_regclass('public.tenant_migration_run_tenants') is not null as ledger,
             exists (select 1 from pg_attribute where attrelid = to_regclass('public.tenants')
-                     and attname = 'labels' and not attisdropped) as labels`,
+                     and attname = 'labels' and not attisdropped) as labels,
+            to_regprocedure(?) is not null as tracking_trigger`,
+    [TRACKING_TRIGGER_FUNCTION],
   );
-  const row = result.rows[0] as Record<keyof Capabilities, boolean> | undefined;
-  return row ? { registry: row.registry, digest: row.digest, ledger: row.ledger, labels: row.labels } : NO_CAPABILITIES;
+  const row = result.rows[0] as
+    | (Record<Exclude<keyof Capabilities, 'trackingTrigger'>, boolean> & { tracking_trigger: boolean })
+    | undefined;
+  if (!row) return NO_CAPABILITIES;
+  const { registry, digest, ledger, labels } = row;
+  // The trigger clears the digest: without the column it has nothing to clear.
+  return { registry, digest, ledger, labels, trackingTrigger: row.tracking_trigger && digest };
 }
 
 /**
@@ -56,7 +74,7 @@ export class CapabilityMemo {
 
   async get(knex: Knex): Promise<Capabilities> {
     const known = this.#known;
-    if (known?.registry && known.digest && known.ledger && known.labels) return known;
+    if (known?.registry && known.digest && known.ledger && known.labels && known.trackingTrigger) return known;
     this.#known = await probeCapabilities(knex);
     return this.#known;
   }

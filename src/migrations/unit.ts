@@ -25,7 +25,19 @@ import {
   UP,
 } from './plan.ts';
 import type { Migration } from './source.ts';
-import { createTrackingTables, readApplied, type SchemaTarget } from './tracking.ts';
+import {
+  addTrackingCompanions,
+  createTrackingTables,
+  hasKnexLock,
+  holdKnexLock,
+  knexLockTableOf,
+  readApplied,
+  readAppliedWithTimeout,
+  releaseKnexLock,
+  type SchemaTarget,
+  TRACKING_TRIGGER,
+  WRITER_SETTING,
+} from './tracking.ts';
 
 /**
  * The per-tenant unit: everything that happens to one schema's batch, in one place. It takes the
@@ -232,7 +244,7 @@ async function inTransaction(
   // ours, and the tracking table must be read in a statement that starts after it is granted.
   await lockForTransaction(trx, target.schema);
   if (request.prepare && !(await request.prepare(trx))) return [];
-  const { applied, mark } = await scopeAndRead(trx, target, run.settings, true);
+  const { applied, mark } = await scopeAndRead(trx, run, target, request, true);
   const plan = checkedPlan(request.intent, run.migrations, applied);
   progress.plan = plan;
   if (modeOf(plan.steps) === 'session') return SWITCH_TO_SESSION;
@@ -260,13 +272,20 @@ async function stepped(
 ): Promise<void> {
   const direction = request.intent.direction;
   await lockSession(conn, target.schema);
+  // Knex's lock rows this session set (Knex's own protocol for runs outside a transaction).
+  let knexHeld: readonly number[] = [];
   try {
     if (request.prepare && !(await request.prepare(conn))) return;
-    const { applied } = await scopeAndRead(conn, target, run.settings, false);
+    const scoped = await scopeAndRead(conn, run, target, request, false);
+    knexHeld = scoped.knexHeld;
+    const applied = scoped.applied;
     const plan = checkedPlan(request.intent, run.migrations, applied);
     progress.plan = plan;
     if (modeOf(plan.steps) === 'transaction') {
-      // Another run moved the schema on while we waited for the lock: the batch is transactional now.
+      // Another run moved the schema on while we waited for the lock: the batch is transactional
+      // now, and takes Knex's lock row the transactional way.
+      await releaseKnexLock(conn, target, knexHeld);
+      knexHeld = [];
       const names = await conn.transaction((trx) => inTransaction(run, target, request, progress, trx));
       if (names !== SWITCH_TO_SESSION) progress.done.push(...names);
       return;
@@ -305,7 +324,8 @@ async function stepped(
   } finally {
     // If the connection died, the server already dropped the lock and the session; the
     // dedicated-connection helper discards a connection whose task failed.
-    await conn.raw('reset search_path; reset lock_timeout').catch(() => undefined);
+    await releaseKnexLock(conn, target, knexHeld).catch(() => undefined);
+    await conn.raw(`reset search_path; reset lock_timeout; reset ${WRITER_SETTING}`).catch(() => undefined);
     await unlockSession(conn, target.schema).catch(() => undefined);
   }
 }
@@ -318,45 +338,76 @@ function checkedPlan(intent: Intent, migrations: readonly Migration[], applied: 
 }
 
 /**
- * Sets search_path and lock_timeout (for the transaction only when `local`), checks the schema
- * exists (PostgreSQL would silently skip a missing one and fall through to public), creates the
- * tracking table if needed (race-free: we hold the schema's lock), and reads it.
+ * Scopes the schema's batch and reads its tracking rows, in this order:
+ * 1. one statement: search_path and the toolkit's writer mark (for the transaction only when
+ *    `local`; the tracking trigger leaves the digest alone for writes so marked), whether the
+ *    schema exists (PostgreSQL would silently skip a missing one and fall through to public),
+ *    whether the tracking table, Knex's lock table and the tracking triggers (on both) exist, and the
+ *    escape guard's mark;
+ * 2. only when something is missing: the tracking table, or what an older or Knex-made one
+ *    lacks (race-free: we hold the schema's lock);
+ * 3. for a tenant, Knex's lock row (`holdKnexLock`), waited for like our own lock;
+ * 4. one statement: lock_timeout, and the tracking rows (read after any Knex run we waited for).
  */
 async function scopeAndRead(
   conn: Conn,
+  run: UnitRun,
   target: SchemaTarget,
-  settings: RunSettings,
+  request: UnitRequest,
   local: boolean,
-): Promise<{ applied: AppliedMigration[]; mark: GuardMark }> {
+): Promise<{ applied: AppliedMigration[]; mark: GuardMark; knexHeld: readonly number[] }> {
   const result = await conn.raw(
     `select set_config('search_path', ?, ?) as search_path,
-            set_config('lock_timeout', ?, ?) as lock_timeout,
+            set_config(?, 'on', ?) as writer,
             exists (select 1 from pg_namespace where nspname = ?) as schema_exists,
             to_regclass(format('%I.%I', ?::text, ?::text)) is not null as tracked,
+            to_regclass(format('%I.%I', ?::text, ?::text)) is not null as knex_lock,
+            (select count(*) from pg_trigger where tgname = ?
+               and tgrelid in (to_regclass(format('%I.%I', ?::text, ?::text)),
+                               to_regclass(format('%I.%I', ?::text, ?::text)))) = 2 as triggered,
             ${GUARD_MARK_COLUMNS}`,
     [
       target.searchPath,
       local,
-      `${settings.lockTimeoutMs}ms`,
+      WRITER_SETTING,
       local,
       target.schema,
       target.schema,
       target.trackingTable,
+      target.schema,
+      knexLockTableOf(target.trackingTable),
+      TRACKING_TRIGGER,
+      target.schema,
+      target.trackingTable,
+      target.schema,
+      knexLockTableOf(target.trackingTable),
     ],
   );
   const row = result.rows[0] as {
     schema_exists: boolean;
     tracked: boolean;
+    knex_lock: boolean;
+    triggered: boolean;
     guard_locked: string[];
     guard_type_oid: string;
   };
   if (!row.schema_exists) throw new SchemaMissingError(target.schema);
   const mark = guardMarkOf(row);
-  if (!row.tracked) {
-    await createTrackingTables(conn, target);
-    return { applied: [], mark };
+  const trigger = target.tenant === true && run.books.capabilities.trackingTrigger;
+  if (!row.tracked) await createTrackingTables(conn, target, { trigger });
+  else
+    await addTrackingCompanions(conn, target, {
+      lockTable: hasKnexLock(target) && !row.knex_lock,
+      trigger: trigger && !row.triggered,
+    });
+  const knexHeld = target.tenant ? await holdKnexLock(conn, target, local, request.tenant?.orgId ?? null) : [];
+  try {
+    const applied = await readAppliedWithTimeout(conn, target, run.settings.lockTimeoutMs, local);
+    return { applied, mark, knexHeld };
+  } catch (error) {
+    await releaseKnexLock(conn, target, knexHeld).catch(() => undefined);
+    throw error;
   }
-  return { applied: await readApplied(conn, target), mark };
 }
 
 /** Whether a migration opted out of the escape guard. */
@@ -394,7 +445,7 @@ async function preflight(run: UnitRun, target: SchemaTarget, request: UnitReques
     await run.knex.transaction(async (trx) => {
       await lockForTransaction(trx, target.schema);
       if (request.prepare && !(await request.prepare(trx))) throw ROLL_BACK;
-      const { applied, mark } = await scopeAndRead(trx, target, run.settings, true);
+      const { applied, mark } = await scopeAndRead(trx, run, target, request, true);
       const plan = checkedPlan(request.intent, run.migrations, applied);
       progress.plan = plan;
       const cut = plan.steps.findIndex((m) => !m.transaction);
