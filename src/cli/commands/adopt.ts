@@ -53,7 +53,7 @@ function listed<T>(items: readonly T[], line: (item: T) => string): string[] {
 
 function refusal(r: RefusedTenant): string {
   if (r.reason === 'not-tracked')
-    return `${r.orgId} → ${r.schema}: no knex_migrations_tenant table, not a Knex-migrated tenant (provision or migrate it first)`;
+    return `${r.orgId} → ${r.schema}: no knex_migrations_tenant table, so not a Knex-migrated tenant (migrate it with Knex into that table, then adopt again)`;
   if (r.reason === 'schema-registered')
     return `${r.orgId} → ${r.schema}: the registry gives this schema to ${r.otherOrgId}`;
   return `${r.orgId} → ${r.schema}: same schema as ${r.otherOrgId}, given earlier (a hash collision)`;
@@ -67,7 +67,7 @@ export const adoptRun: Renderer<AdoptReport> = {
     const lines = [
       `${report.dryRun ? 'Dry run, nothing written: ' : ''}${report.given} org ids: ${report.adopted.length} ${verb}, ` +
         `${report.alreadyRegistered.length} already registered, ${report.refused.length} refused, ` +
-        `${report.notFound.length} without a schema; ${report.unmatched.length} tid_ schemas match no org id`,
+        `${report.notFound.length} without a schema; ${report.unmatched.length} tid_ schema${report.unmatched.length === 1 ? '' : 's'} matching no org id`,
     ];
     if (report.adopted.length > 0) {
       lines.push(report.dryRun ? 'Would adopt (ACTIVE):' : 'Adopted (ACTIVE):');
