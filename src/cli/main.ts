@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
 import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { ToolkitError } from '../errors.ts';
+import { registerAdopt } from './commands/adopt.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerLint } from './commands/lint.ts';
 import { registerMake } from './commands/make.ts';
@@ -29,6 +30,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     registerProvision,
     registerTenants,
     registerLabel,
+    registerAdopt,
     registerMigrate,
     registerLint,
     registerStatus,
