@@ -14,6 +14,7 @@ import {
   type Toolkit,
   tenantSearchPath,
 } from '../src/index.ts';
+import { TRACKING_TRIGGER } from '../src/migrations/tracking.ts';
 import { adoptTenants } from '../src/tenants/adopt.ts';
 import { folders, runCli } from './helpers/cli.ts';
 import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
@@ -69,41 +70,55 @@ async function withToolkit<T>(cb: (tk: Toolkit) => Promise<T>, tenant?: Migratio
 }
 
 /**
- * The seed script: for each org, `create schema`, then Knex's own migrator with the tenant's
- * tracking table and a search path with the schema first. On a server that is a Knex instance
- * whose `searchPath` is the schema; PGlite has one connection, so there it is one connection
- * of the pool with its search_path set.
+ * Runs `cb` with plain Knex aimed at one tenant: on a server a Knex instance whose `searchPath`
+ * is the schema; PGlite has one connection, so there one connection of the pool with its
+ * search_path set.
  */
+async function withPlainKnex(knex: Knex, schema: string, cb: (plain: Knex) => Promise<unknown>): Promise<void> {
+  if (engine.url) {
+    const plain = knexFactory({
+      client: 'pg',
+      connection: engine.url,
+      searchPath: [schema, 'public'],
+      pool: { min: 0, max: 1 },
+    });
+    try {
+      await cb(plain);
+    } finally {
+      await plain.destroy();
+    }
+  } else {
+    await withDedicatedConnection(knex, async (conn) => {
+      await conn.raw("select set_config('search_path', ?, false)", [tenantSearchPath(schema)]);
+      await cb(conn);
+      await conn.raw('reset search_path');
+    });
+  }
+}
+
+/** Plain Knex's migrator options for a tenant, as a seed script passes them. */
+function knexOptions(schema: string, directory: string | string[] = BASE) {
+  return { directory, schemaName: schema, tableName: 'knex_migrations_tenant', loadExtensions: ['.ts'] };
+}
+
+/** The seed script: for each org, `create schema`, then Knex's own migrator. */
 async function knexLoop(knex: Knex, orgIds: readonly string[]): Promise<void> {
   for (const orgId of orgIds) {
     const schema = schemaNameFor(orgId);
     await knex.raw('create schema ??', [schema]);
-    const options = {
-      directory: BASE,
-      schemaName: schema,
-      tableName: 'knex_migrations_tenant',
-      loadExtensions: ['.ts'],
-    };
-    if (engine.url) {
-      const plain = knexFactory({
-        client: 'pg',
-        connection: engine.url,
-        searchPath: [schema, 'public'],
-        pool: { min: 0, max: 1 },
-      });
-      try {
-        await plain.migrate.latest(options);
-      } finally {
-        await plain.destroy();
-      }
-    } else {
-      await withDedicatedConnection(knex, async (conn) => {
-        await conn.raw("select set_config('search_path', ?, false)", [tenantSearchPath(schema)]);
-        await conn.migrate.latest(options);
-        await conn.raw('reset search_path');
-      });
-    }
+    await withPlainKnex(knex, schema, (plain) => plain.migrate.latest(knexOptions(schema)));
   }
+}
+
+/** The tid_ schemas whose tracking table carries the toolkit's trigger. */
+async function triggered(knex: Knex): Promise<string[]> {
+  const rows = await knex.raw(
+    `select n.nspname as schema from pg_trigger g join pg_class c on c.oid = g.tgrelid
+       join pg_namespace n on n.oid = c.relnamespace
+      where g.tgname = ? and c.relname = 'knex_migrations_tenant' order by 1`,
+    [TRACKING_TRIGGER],
+  );
+  return rows.rows.map((r: { schema: string }) => r.schema);
 }
 
 /** Everything adoption may write: the registry rows and the fleet's checksums. */
@@ -165,6 +180,7 @@ describe('tenants:adopt', { timeout: 400_000 }, () => {
     expect(report.adopted.map((a: { orgId: string }) => a.orgId)).toEqual(ORGS);
     expect(report.checksums).toEqual({ recorded: 2, conflicts: [] });
     expect(await withToolkit((tk) => written(tk.knex))).toEqual(before);
+    expect(await withToolkit((tk) => triggered(tk.knex))).toEqual([]);
   });
 
   it('--map registers the Knex-made schemas ACTIVE with their digest and checksums, and reports the rest', async () => {
@@ -205,8 +221,9 @@ describe('tenants:adopt', { timeout: 400_000 }, () => {
       );
       const local = await folderSource(BASE).load();
       expect(sums.rows).toEqual(local.map((m) => ({ name: m.name, checksum: m.checksum })));
-      // The unmatched schema is untouched: still only Knex's history, no registry row.
+      // The unmatched schema is untouched: still only Knex's history, no registry row, no trigger.
       expect(await applied(tk.knex, schemaNameFor(GHOST))).toEqual(NAMES);
+      expect(await triggered(tk.knex)).toEqual(ORGS.map((o) => schemaNameFor(o)).sort());
     });
   });
 
@@ -242,6 +259,16 @@ describe('tenants:adopt', { timeout: 400_000 }, () => {
       const digests = await tk.knex.raw('select distinct migrations_digest from public.tenants');
       expect(digests.rows).toEqual([{ migrations_digest: digestOf([...NAMES, TAGS]) }]);
       expect(await applied(tk.knex, schemaNameFor(GHOST))).toEqual(NAMES); // never registered, never migrated
+
+      // The seed scripts still run: plain Knex rolls one adopted tenant back. Its trigger clears the
+      // digest, so the next run reads it and re-applies the migration without --verify.
+      const b = schemaNameFor('org_adopt_b');
+      await withPlainKnex(tk.knex, b, (plain) => plain.migrate.rollback(knexOptions(b, [BASE, NEXT])));
+      expect(await applied(tk.knex, b)).toEqual(NAMES);
+      const again = await tk.migrateTenants();
+      expect(again.tenants.filter((t) => t.outcome !== 'up-to-date').map((t) => [t.orgId, t.migrations])).toEqual([
+        ['org_adopt_b', [TAGS]],
+      ]);
     }, next);
   });
 

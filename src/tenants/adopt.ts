@@ -8,6 +8,7 @@ import { digestOf } from '../migrations/plan.ts';
 import { type SchemaState, scanSchemas } from '../migrations/prescan.ts';
 import type { Migration, MigrationSource } from '../migrations/source.ts';
 import { TENANT_TRACKING_TABLE } from '../migrations/targets.ts';
+import { addFleetCompanions } from '../migrations/tracking.ts';
 import { candidateSchemaNames, isTenantSchemaName, schemaNameFor, validateOrgId } from './naming.ts';
 
 /**
@@ -149,9 +150,12 @@ export function planAdoption(
 /**
  * Registers the given orgs' existing `tid_` schemas as ACTIVE tenants with their registry digest,
  * and records the checksums of the applied files that the folder has (a checksum recorded
- * differently is reported, never overwritten). Adopting twice is a no-op. All writes happen in
- * one transaction (`insert … on conflict do nothing`), so a concurrent adopt or provisioning
- * cannot make two rows for one schema. Throws a UsageError (exit 2) for bad input: invalid org
+ * differently is reported, never overwritten). Adopting twice is a no-op. All registry and
+ * checksum writes happen in one transaction (`insert … on conflict do nothing`), so a concurrent
+ * adopt or provisioning cannot make two rows for one schema. Before it, the schemas to adopt get
+ * Knex's lock table and the tracking trigger (idempotent, in chunks), so that the recorded
+ * digest is cleared by any later change plain Knex makes. A plain Knex run that commits while
+ * adopt reads and registers can still leave a stale digest: adopt when no deploy script runs. Throws a UsageError (exit 2) for bad input: invalid org
  * ids, a query that is not one SELECT, no registry.
  */
 export async function adoptTenants(
@@ -170,6 +174,17 @@ export async function adoptTenants(
   }
   const local = await source.load();
   const dryRun = options.dryRun ?? false;
+  if (!dryRun) {
+    // Before the rows are read: from here on a plain Knex change to these tracking tables clears
+    // the digest we are about to record (the trigger is a no-op while a schema is unregistered).
+    const plan = planAdoption(orgIds, await readFacts(knex, orgIds), local);
+    await addFleetCompanions(
+      knex,
+      plan.adopted.map((a) => a.schema),
+      TENANT_TRACKING_TABLE,
+      { trigger: capabilities.trackingTrigger },
+    );
+  }
   return knex.transaction(
     async (trx) => {
       const facts = await readFacts(trx, orgIds);
@@ -198,7 +213,7 @@ export async function adoptTenants(
 }
 
 /** Every `tid_` schema, the registry rows that concern them or the org ids, and the derived schemas' tracking rows. */
-async function readFacts(trx: Knex.Transaction, orgIds: readonly string[]): Promise<AdoptionFacts> {
+async function readFacts(trx: Knex | Knex.Transaction, orgIds: readonly string[]): Promise<AdoptionFacts> {
   const names = await trx.raw("select nspname from pg_namespace where nspname like 'tid\\_%' order by 1");
   const schemas = new Set<string>(
     (names.rows as { nspname: string }[]).map((r) => r.nspname).filter(isTenantSchemaName),
@@ -214,7 +229,7 @@ async function readFacts(trx: Knex.Transaction, orgIds: readonly string[]): Prom
 
 /** The registry rows of these org ids or these schemas. */
 async function readRegistry(
-  trx: Knex.Transaction,
+  trx: Knex | Knex.Transaction,
   orgIds: readonly string[],
   schemas: ReadonlySet<string>,
 ): Promise<RegistryEntry[]> {
