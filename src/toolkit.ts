@@ -12,12 +12,13 @@ import {
 } from './ledger/history.ts';
 import { type Capabilities, probeCapabilities } from './migrations/books.ts';
 import { verifyChecksums } from './migrations/checksums.ts';
+import { collectDrift, type DriftReport } from './migrations/drift.ts';
 import { type FanoutPlan, type FanoutReport, runTenants, type TenantRunOptions } from './migrations/fanout.ts';
 import { runMaster } from './migrations/master.ts';
 import { UP } from './migrations/plan.ts';
 import { type RollbackOptions, rollbackPlan } from './migrations/rollback.ts';
 import { folderSource, type Migration, type MigrationSource } from './migrations/source.ts';
-import { collectStatus, type StatusReport } from './migrations/status.ts';
+import { type AppliedVersion, collectStatus, type StatusReport } from './migrations/status.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
 import { validateOrgId } from './tenants/naming.ts';
@@ -54,7 +55,14 @@ export interface Toolkit {
    * alone); `run` names another run; `lastBatch` and `all` are the explicit Knex-style scopes.
    */
   rollbackTenants(options?: TenantRunOptions & RollbackOptions): Promise<FanoutReport>;
-  status(): Promise<StatusReport & { readonly ledger: LedgerStatus | null }>;
+  /**
+   * Where master and every tenant stand. Trusts registry digests unless `verify` (then every
+   * tracking table is read); `drift` also fingerprints every tenant schema (see `collectDrift`).
+   */
+  status(options?: {
+    verify?: boolean;
+    drift?: boolean;
+  }): Promise<StatusReport & { readonly ledger: LedgerStatus | null; readonly drift?: DriftReport }>;
   /** Recent runs from the ledger (one-tenant runs too with `all`). */
   runs(options?: { all?: boolean; limit?: number }): Promise<RunSummary[]>;
   /** One run with its tenants. */
@@ -148,12 +156,19 @@ export function createToolkit(options: {
       })),
     rollbackTenants: (o = {}) =>
       fanout(o, (capabilities, migrations) => rollbackPlan(knex, capabilities, migrations, o, o.orgIds)),
-    status: async () => {
+    status: async (o = {}) => {
+      const versions = new Map<string, AppliedVersion>();
       const report = await collectStatus(knex, await masterSource.load(), await loadTenant(), {
         parallel: Math.min(4, poolMax),
+        verify: o.verify ?? false,
+        ...(o.drift ? { onVersion: (schema: string, v: AppliedVersion) => versions.set(schema, v) } : {}),
       });
       const capabilities = await probeCapabilities(knex);
-      return { ...report, ledger: capabilities.ledger ? await ledgerStatus(knex) : null };
+      const ledger = capabilities.ledger ? await ledgerStatus(knex) : null;
+      if (!o.drift) return { ...report, ledger };
+      const orgIds = new Map(report.tenants.map((t) => [t.schema, t.orgId]));
+      const drift = await collectDrift(knex, versions, (schema) => orgIds.get(schema) ?? '');
+      return { ...report, ledger, drift };
     },
     runs: async (o = {}) => ((await probeCapabilities(knex)).ledger ? listRuns(knex, o) : []),
     run: async (id) => ((await probeCapabilities(knex)).ledger ? getRun(knex, id) : undefined),

@@ -7,7 +7,9 @@ import type { Measurement, Variant } from './types.ts';
 /**
  * The large fleet (default 10,000 tenants), built once: `migrate:tenants` over it (its time
  * and peak RSS), then the no-op rerun and `migrate:status`, alternated `repeat` times, each
- * as the whole command. Status prints its full table, read and dropped as a pipe would.
+ * as the whole command, then `migrate:status --verify` (every tracking table read) and
+ * `migrate:status --drift` (every schema fingerprinted) once each. Status output is read and
+ * dropped as a pipe would.
  */
 export const big: Variant = {
   name: 'big',
@@ -25,10 +27,14 @@ export const big: Variant = {
         noop.push(await runCommand(['migrate:tenants'], env));
         status.push(await runCommand(['migrate:status'], env));
       }
+      const verify = await runCommand(['migrate:status', '--verify'], env);
+      const drift = await runCommand(['migrate:status', '--drift'], env);
       return [
         ...commandMeasurements('migrate.toolkit.big', ctx.big, [migrate], { rss: true }),
         ...commandMeasurements('noop.toolkit.big', ctx.big, noop, { rss: true }),
         ...commandMeasurements('status.toolkit.big', ctx.big, status, { rss: true }),
+        ...commandMeasurements('status-verify.toolkit.big', ctx.big, [verify], { rss: true }),
+        ...commandMeasurements('status-drift.toolkit.big', ctx.big, [drift], { rss: true }),
       ];
     }),
 };

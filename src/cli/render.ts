@@ -2,10 +2,8 @@ import cliProgress from 'cli-progress';
 import pc from 'picocolors';
 import type { RunDetail, RunSummary } from '../ledger/history.ts';
 import type { FanoutReport, TenantReport } from '../migrations/fanout.ts';
-import type { StatusReport } from '../migrations/status.ts';
 import type { SchemaRunReport } from '../migrations/unit.ts';
 import type { ProvisionReport } from '../provisioning/provisioner.ts';
-import type { Toolkit } from '../toolkit.ts';
 
 /**
  * Rendering: a report is a plain object; each kind has a JSON renderer and a text renderer, two
@@ -49,7 +47,7 @@ export function formatDuration(ms: number): string {
   return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-function plural(n: number, word: string): string {
+export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
@@ -192,51 +190,6 @@ function detailLines(report: FanoutReport, failure: 'failed' | 'would-fail', tit
   return lines;
 }
 
-type StatusWithLedger = Awaited<ReturnType<Toolkit['status']>>;
-
-export const statusReport: Renderer<StatusReport | StatusWithLedger> = {
-  json: (report) => ({ command: 'migrate:status', ...report }),
-  text: (report) => {
-    const lines = [pc.bold('Master migrations (public.knex_migrations_master)')];
-    for (const m of report.master.applied) lines.push(`  ${pc.green('applied')}  batch ${m.batch}  ${m.name}`);
-    for (const name of report.master.pending) lines.push(`  ${pc.yellow('pending')}           ${name}`);
-    for (const name of report.master.missing)
-      lines.push(`  ${pc.red('missing')}           ${name} (applied, file gone)`);
-    if (!report.registryExists) return [...lines, pc.yellow('No tenant registry yet: run `pnpm migrate:master`')];
-    lines.push('', pc.bold('Tenants'));
-    const rows = report.tenants.map((t) => [
-      t.orgId,
-      t.schema,
-      t.status,
-      String(t.applied),
-      t.pending.length === 0 ? '-' : t.pending.join(', '),
-      t.state === 'up-to-date' ? pc.green(t.state) : t.state === 'behind' ? pc.yellow(t.state) : pc.red(t.state),
-      t.error ?? (t.missing.length > 0 ? `missing files: ${t.missing.join(', ')}` : ''),
-    ]);
-    lines.push(...table(['ORG ID', 'SCHEMA', 'STATUS', 'APPLIED', 'PENDING', 'STATE', 'ERROR'], rows));
-    for (const orphan of report.orphans) lines.push(pc.yellow(`orphan schema ${orphan}: no registry row claims it`));
-    const s = report.summary;
-    const parts = [`${s['up-to-date']} up to date`, `${s.behind} behind`, `${s.failed} failed`];
-    if (s['schema-missing'] > 0) parts.push(`${s['schema-missing']} with a missing schema`);
-    if (s['not-active'] > 0) parts.push(`${s['not-active']} not active`);
-    if (report.orphans.length > 0) parts.push(plural(report.orphans.length, 'orphan schema'));
-    lines.push('');
-    const ledger = 'ledger' in report ? report.ledger : null;
-    if (ledger?.lastRun) lines.push(`Last run: ${runLine(ledger.lastRun)}`);
-    for (const run of ledger?.interrupted ?? []) {
-      lines.push(pc.yellow(`Interrupted: ${runLine(run)} (migrate again to finish it)`));
-    }
-    lines.push(parts.join(', '));
-    return lines;
-  },
-};
-
-function runLine(run: RunSummary): string {
-  const c = run.counts;
-  const what = `${c.migrated} migrated, ${c.failed} failed, ${c.skipped} skipped`;
-  return `#${run.id} ${run.command} ${run.outcome} at ${run.startedAt} by ${run.runBy}@${run.host} (${what})`;
-}
-
 export const runList: Renderer<readonly RunSummary[]> = {
   json: (runs) => ({ command: 'migrate:runs', runs }),
   text: (runs) => {
@@ -335,7 +288,7 @@ export function fanoutProgress(
 }
 
 /** Aligned columns, measured without colour codes. */
-function table(header: readonly string[], rows: readonly (readonly string[])[]): string[] {
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string[] {
   const visible = (s: string): number => s.replace(/\u001b\[[0-9;]*m/g, '').length;
   const widths = header.map((h, i) => Math.max(visible(h), ...rows.map((r) => visible(r[i] ?? ''))));
   const format = (cells: readonly string[]): string =>

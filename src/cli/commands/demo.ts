@@ -3,7 +3,8 @@ import pc from 'picocolors';
 import type { Migration, MigrationSource } from '../../migrations/source.ts';
 import { createToolkit } from '../../toolkit.ts';
 import { withToolkit } from '../context.ts';
-import { createOutput, masterRun, provisionRun, show, statusReport } from '../render.ts';
+import { createOutput, masterRun, provisionRun, show } from '../render.ts';
+import { statusReport } from '../render-status.ts';
 import { migrateTenants } from './tenants.ts';
 
 export const DEMO_ORGS = ['default_tenant', 'org_demo_acme', 'org_demo_globex'] as const;
