@@ -24,12 +24,15 @@ export { quoteIdent, tenantSearchPath } from './db/identifiers.ts';
 export { SQLSTATE } from './db/pg-errors.ts';
 export * from './errors.ts';
 export type { LedgerStatus, RunDetail, RunSummary, RunTenantRow } from './ledger/history.ts';
+export { type LintFinding, type LintInput, type LintOptions, type LintReport, lintMigrations } from './lint/lint.ts';
+export { lintJson, lintText } from './lint/render.ts';
 export type {
   FanoutReport,
   TenantOutcome,
   TenantReport,
   Totals,
 } from './migrations/fanout.ts';
+export { type Escape, SchemaEscapeError } from './migrations/guard.ts';
 export { digestOf } from './migrations/plan.ts';
 export { type RollbackOptions, RollbackRefusedError } from './migrations/rollback.ts';
 export { folderSource, type Migration, type MigrationModule, type MigrationSource } from './migrations/source.ts';
@@ -47,8 +50,12 @@ export {
   SchemaNameError,
   type SchemaRunReport,
 } from './migrations/unit.ts';
+export { type Amount, parseAmount, parseWaves } from './migrations/waves.ts';
 export { ExtensionUnavailableError } from './provisioning/extensions.ts';
 export { OrphanSchemaError, type ProvisionReport, provision } from './provisioning/provisioner.ts';
+export { collectFleetReport, type FleetReport } from './report/fleet.ts';
+export { renderFleetHtml } from './report/html.ts';
+export { type AdoptReport, adoptTenants, type OrgIdSource, parseOrgMap, readOrgMap } from './tenants/adopt.ts';
 export { candidateSchemaNames, schemaNameFor, validateOrgId } from './tenants/naming.ts';
 export { findTenantByOrgId, listTenants, TENANT_STATUSES, type Tenant, type TenantStatus } from './tenants/registry.ts';
 export {
