@@ -218,7 +218,9 @@ export function driftLines(drift: DriftReport): string[] {
   }
   for (const group of drift.groups) lines.push(...groupLines(group));
   lines.push(
-    pc.yellow(`${plural(drift.drifted, 'tenant')} of ${drift.tenants} differ from the majority at their version`),
+    pc.yellow(
+      `${plural(drift.drifted, 'tenant')} of ${drift.tenants} ${drift.drifted === 1 ? 'differs' : 'differ'} from the majority at their version`,
+    ),
   );
   return lines;
 }
