@@ -49,12 +49,26 @@ describe('registry digest', () => {
     expect(await digestOfOrg('org_digest_b')).toBe(digestOf(NAMES));
   });
 
+  it('a change to a tracking table made outside the toolkit clears the digest, so the next run reads it', async () => {
+    await tk.provisionTenant('org_digest_d');
+    const schema = schemaNameFor('org_digest_d');
+    await tk.knex.raw('drop table ??.settings', [schema]);
+    await tk.knex.withSchema(schema).from('knex_migrations_tenant').where({ name: '002_settings.ts' }).delete();
+    expect(await digestOfOrg('org_digest_d')).toBeNull();
+    const run = await tk.migrateTenants({ orgIds: ['org_digest_d'] });
+    expect(run.tenants[0]).toMatchObject({ outcome: 'migrated', migrations: ['002_settings.ts'] });
+  });
+
   it('a matching digest skips the schema; --verify reads it and finds what the digest hides', async () => {
     await tk.provisionTenant('org_digest_c');
     const schema = schemaNameFor('org_digest_c');
-    // Tamper behind the toolkit's back: drop the second migration's tracking row and table.
-    await tk.knex.raw('drop table ??.settings', [schema]);
-    await tk.knex.withSchema(schema).from('knex_migrations_tenant').where({ name: '002_settings.ts' }).delete();
+    // Tamper behind the toolkit's back, disguised as the toolkit (its writer mark), so that the
+    // trigger keeps the digest: drop the second migration's tracking row and table.
+    await tk.knex.transaction(async (trx) => {
+      await trx.raw("select set_config('tenant_migrate.writer', 'on', true)");
+      await trx.raw('drop table ??.settings', [schema]);
+      await trx.withSchema(schema).from('knex_migrations_tenant').where({ name: '002_settings.ts' }).delete();
+    });
 
     const trusting = await tk.migrateTenants({ orgIds: ['org_digest_c'] });
     expect(trusting.tenants[0]).toMatchObject({ outcome: 'up-to-date' });

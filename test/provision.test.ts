@@ -175,7 +175,12 @@ describe('provisioning', () => {
     expect(await registryRows('default_tenant')).toEqual([
       expect.objectContaining({ schema_name: 'tid_cf4116b064', status: 'ACTIVE', error: null }),
     ]);
-    expect(await tablesIn('tid_cf4116b064')).toEqual(['knex_migrations_tenant', 'settings', 'users']);
+    expect(await tablesIn('tid_cf4116b064')).toEqual([
+      'knex_migrations_tenant',
+      'knex_migrations_tenant_lock',
+      'settings',
+      'users',
+    ]);
     const publicTables = await tablesIn('public');
     expect(publicTables).not.toContain('users');
     expect(publicTables).not.toContain('settings');
@@ -254,7 +259,12 @@ describe('provisioning', () => {
     expect(typeof doc.durationMs).toBe('number');
     const [row] = await registryRows('org_cli_fix');
     expect(row).toMatchObject({ schema_name: schema, status: 'ACTIVE', error: null });
-    expect(await tablesIn(schema)).toEqual(['knex_migrations_tenant', 'settings', 'users']);
+    expect(await tablesIn(schema)).toEqual([
+      'knex_migrations_tenant',
+      'knex_migrations_tenant_lock',
+      'settings',
+      'users',
+    ]);
 
     const again = await cli(['provision:tenant', 'org_cli_fix'], { TENANT_MIGRATIONS_DIR: PLAIN });
     expect(again.code, again.stderr).toBe(0);
@@ -328,7 +338,12 @@ describe('provisioning', () => {
     const report = await (await toolkit()).provisionTenant(orgId);
     expect(report).toMatchObject({ schema: long, outcome: 'provisioned', error: null });
     expect(await registryRows(orgId)).toEqual([expect.objectContaining({ schema_name: long, status: 'ACTIVE' })]);
-    expect(await tablesIn(long)).toEqual(['knex_migrations_tenant', 'settings', 'users']);
+    expect(await tablesIn(long)).toEqual([
+      'knex_migrations_tenant',
+      'knex_migrations_tenant_lock',
+      'settings',
+      'users',
+    ]);
     expect(await schemaExists(short)).toBe(false);
     // The registry, not the hash, is the truth from now on.
     const again = await (await toolkit()).provisionTenant(orgId);

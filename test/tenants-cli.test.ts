@@ -195,7 +195,12 @@ describe('migrate:tenants, rollback:tenants, migrate:status (CLI)', () => {
 
     await withTk(V1, async (tk) => {
       expect(await tracking(tk.knex, sb)).toEqual(V1.map((name) => ({ name, batch: 1 })));
-      expect(await tablesIn(tk.knex, sb)).toEqual(['knex_migrations_tenant', 'members', 'settings']);
+      expect(await tablesIn(tk.knex, sb)).toEqual([
+        'knex_migrations_tenant',
+        'knex_migrations_tenant_lock',
+        'members',
+        'settings',
+      ]);
       await tk.knex.raw('delete from ??.members where id = (select max(id) from ??.members)', [sb, sb]);
     });
 

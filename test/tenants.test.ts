@@ -357,7 +357,12 @@ describe('migrate:tenants (library)', () => {
       { name: '001_members.ts', batch: 1 },
       { name: '002_settings.ts', batch: 1 },
     ]);
-    expect(await tablesIn(tk.knex, sb)).toEqual(['knex_migrations_tenant', 'members', 'settings']);
+    expect(await tablesIn(tk.knex, sb)).toEqual([
+      'knex_migrations_tenant',
+      'knex_migrations_tenant_lock',
+      'members',
+      'settings',
+    ]);
     expect(await columnsOf(tk.knex, sb, 'members')).toEqual(['handle', 'id']);
     expect(await tk.knex.withSchema(sb).from('members').pluck('handle')).toEqual(['dup', 'dup']);
     expect(await lastMigrationError(tk.knex, b)).toMatch(/005_unique_handle\.ts/);
@@ -438,6 +443,7 @@ describe('migrate:tenants (library)', () => {
     expect(await tracking(tk.knex, legacySchema)).toEqual(V2.map((name) => ({ name, batch: 1 })));
     expect(await tablesIn(tk.knex, legacySchema)).toEqual([
       'knex_migrations_tenant',
+      'knex_migrations_tenant_lock',
       'members',
       'path_probe',
       'settings',
@@ -517,7 +523,12 @@ describe('migrate:tenants (library)', () => {
     for (const t of down.tenants) expect(t.migrations).toEqual(['004_member_email.ts', '003_path_probe.ts']);
     for (const schema of schemas) {
       expect(await tracking(tk.knex, schema)).toEqual(v1Rows);
-      expect(await tablesIn(tk.knex, schema)).toEqual(['knex_migrations_tenant', 'members', 'settings']);
+      expect(await tablesIn(tk.knex, schema)).toEqual([
+        'knex_migrations_tenant',
+        'knex_migrations_tenant_lock',
+        'members',
+        'settings',
+      ]);
       expect(await columnsOf(tk.knex, schema, 'members')).toEqual(['handle', 'id']);
     }
 
@@ -527,7 +538,7 @@ describe('migrate:tenants (library)', () => {
     for (const t of all.tenants) expect(t.migrations).toEqual([...V2].reverse());
     for (const schema of schemas) {
       expect(await tracking(tk.knex, schema)).toEqual([]);
-      expect(await tablesIn(tk.knex, schema)).toEqual(['knex_migrations_tenant']);
+      expect(await tablesIn(tk.knex, schema)).toEqual(['knex_migrations_tenant', 'knex_migrations_tenant_lock']);
     }
 
     const nothing = await v2.rollbackTenants({ all: true });

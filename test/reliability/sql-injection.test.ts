@@ -129,7 +129,7 @@ describe('SQL injection', () => {
         expect(run.error).toBeNull();
         const state = (await snapshot(tk.knex)).get(hostile)!;
         expect(state.applied).toEqual(NEXT.map((name) => `${name}@1`));
-        expect(state.tables).toEqual(['items', 'knex_migrations_tenant', 'tags']);
+        expect(state.tables).toEqual(['items', 'knex_migrations_tenant', 'knex_migrations_tenant_lock', 'tags']);
         expect(state.itemColumns).toEqual(['id', 'name', 'note']);
         expect(await publicTables(tk.knex)).toEqual(publicBefore);
 
