@@ -247,6 +247,13 @@ describe("Knex's lock", () => {
       schema,
     ]);
 
+    // migrate:status names it, with what to do.
+    const status = await tk.status();
+    const row = status.tenants.find((t) => t.orgId === stuck)!;
+    expect(row).toMatchObject({ knexLocked: true });
+    expect(row.error).toContain(`pnpm migrate:unlock --tenant ${stuck}`);
+    expect(status.tenants.find((t) => t.orgId === fine)!.knexLocked).toBeUndefined();
+
     // The toolkit refuses the tenant as Knex would, and says how to clear it.
     const run = await tk.migrateTenants({ orgIds: [stuck, fine] });
     const refused = run.tenants.find((t) => t.orgId === stuck)!;

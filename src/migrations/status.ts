@@ -5,6 +5,7 @@ import { type AppliedMigration, digestOf, folderDigest, planUp } from './plan.ts
 import { scanSchemas } from './prescan.ts';
 import type { Migration } from './source.ts';
 import { MASTER_TARGET, TENANT_TRACKING_TABLE } from './targets.ts';
+import { stuckKnexLocks } from './tracking.ts';
 
 /** Where one tenant stands. */
 export type TenantState = 'up-to-date' | 'behind' | 'failed' | 'schema-missing' | 'not-active';
@@ -21,6 +22,13 @@ export interface TenantStatusRow {
   readonly missing: readonly string[];
   /** Provisioning error (FAILED) or the last migration error. */
   readonly error: string | null;
+  /**
+   * Knex's lock row is set (`is_locked = 1`): a plain `knex migrate:*` is running there, or one
+   * was killed. The toolkit refuses the tenant until `migrate:unlock` clears it. Checked for the
+   * tenants whose tracking table is read (a lock taken by Knex clears the digest, so those are
+   * the candidates).
+   */
+  readonly knexLocked?: boolean;
 }
 
 export interface StatusReport {
@@ -125,6 +133,13 @@ export async function collectStatus(
     for await (const states of scanSchemas(knex, toScan, TENANT_TRACKING_TABLE, options.parallel ?? 1)) {
       for (const [schema, scan] of states) scanned.set(schema, scan.exists ? scan.applied : null);
     }
+    const locked = new Set(
+      await stuckKnexLocks(
+        knex,
+        toScan.filter((schema) => scanned.get(schema)),
+        TENANT_TRACKING_TABLE,
+      ),
+    );
     for (const t of page) {
       const position = isOpen(t) ? trustedPosition(t, known) : undefined;
       if (position !== undefined) {
@@ -135,7 +150,7 @@ export async function collectStatus(
       }
       const applied = scanned.has(t.schema) ? scanned.get(t.schema)! : undefined;
       const row = scannedRow(t, tenant, applied);
-      add(row);
+      add(locked.has(t.schema) ? withKnexLock(row) : row);
       if (applied && t.status === 'ACTIVE') options.onVersion?.(t.schema, versionOf(applied));
     }
   }
@@ -161,6 +176,12 @@ function isOpen(t: RegistryRow): boolean {
 function trustedPosition(t: RegistryRow, known: ReadonlyMap<string, number>): number | undefined {
   if (t.lastMigrationError !== null || t.migrationsDigest === null) return undefined;
   return known.get(t.migrationsDigest);
+}
+
+/** A tenant whose Knex lock row is set: said in its error, with what to do. */
+function withKnexLock(row: TenantStatusRow): TenantStatusRow {
+  const hint = `Knex lock set (is_locked = 1): if no knex migrate:* is running, pnpm migrate:unlock --tenant ${row.orgId}`;
+  return { ...row, knexLocked: true, error: row.error ? `${row.error}; ${hint}` : hint };
 }
 
 /** A tenant placed by its digest: the first `position` migrations of the folder are applied. */
