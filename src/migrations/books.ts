@@ -195,7 +195,7 @@ export class RunBooks {
     }
     const message = failure.error?.message ?? null;
     const update =
-      'update public.tenants set last_migration_error = ? where schema_name = ? and last_migration_error is distinct from ?';
+      'update public.tenants set last_migration_error = ?, updated_at = now() where schema_name = ? and last_migration_error is distinct from ?';
     await conn.raw(clauses.length > 0 ? `with ${clauses.join(', ')} ${update}` : update, [
       ...bindings,
       message,

@@ -95,7 +95,7 @@ function errorsSection(errors: readonly ErrorGroup[]): string {
       tdHtml(who),
     ];
   });
-  return table(['tenants', 'kind', 'migration', 'error', 'latest (UTC)', 'which'], rows, 'errors');
+  return table(['tenants', 'kind', 'migration', 'error', 'latest recorded (UTC)', 'which'], rows, 'errors');
 }
 
 function runsSection(runs: readonly RunWithFailures[]): string {
