@@ -33,6 +33,11 @@ export interface ToolkitConfig {
   readonly ledgerRetention: { readonly runs: number; readonly days: number };
   /** Check that each tenant batch changed only its own schema (default on; `ESCAPE_GUARD=off`). */
   readonly escapeGuard: boolean;
+  /**
+   * One `NOLOGIN` role per tenant (`<schema>_app`) holding the privileges on that schema only;
+   * the runtime switches to it for each transaction (`TENANT_ROLES=on`, default off).
+   */
+  readonly tenantRoles: boolean;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -66,6 +71,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   const keepDays = parseInteger(env, 'LEDGER_KEEP_DAYS', DEFAULTS.ledgerKeepDays, 1, 100_000, problems);
   const tenantExtensions = parseExtensions(env.TENANT_EXTENSIONS ?? DEFAULTS.tenantExtensions, problems);
   const escapeGuard = parseBoolean(env, 'ESCAPE_GUARD', true, problems);
+  const tenantRoles = parseBoolean(env, 'TENANT_ROLES', false, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return {
     connection: connection!,
@@ -76,6 +82,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
     lockTimeoutMs,
     ledgerRetention: { runs: keepRuns, days: keepDays },
     escapeGuard,
+    tenantRoles,
   };
 }
 
