@@ -3,18 +3,7 @@ import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
 import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
 import { ToolkitError } from '../errors.ts';
-import { registerAdopt } from './commands/adopt.ts';
-import { registerDemo } from './commands/demo.ts';
-import { registerLint } from './commands/lint.ts';
-import { registerMake } from './commands/make.ts';
-import { registerMaster } from './commands/master.ts';
-import { registerMigrate } from './commands/migrate.ts';
-import { registerProvision } from './commands/provision.ts';
-import { registerReport } from './commands/report.ts';
-import { registerRuns } from './commands/runs.ts';
-import { registerStatus } from './commands/status.ts';
-import { registerLabel, registerTenants } from './commands/tenants.ts';
-import { registerUnlock } from './commands/unlock.ts';
+import { COMMANDS } from './commands/index.ts';
 
 /** The one CLI entry point behind the package.json scripts. */
 export async function main(argv: readonly string[]): Promise<number> {
@@ -24,23 +13,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
-  for (const register of [
-    registerMaster,
-    registerMake,
-    registerProvision,
-    registerTenants,
-    registerLabel,
-    registerAdopt,
-    registerMigrate,
-    registerLint,
-    registerStatus,
-    registerRuns,
-    registerUnlock,
-    registerReport,
-    registerDemo,
-  ]) {
-    register(program);
-  }
+  for (const register of COMMANDS) register(program);
   for (const c of program.commands)
     c.exitOverride().option('--verbose', 'show stack traces for errors (also: DEBUG=1)');
   try {

@@ -1,0 +1,34 @@
+import type { Command } from 'commander';
+import { registerAdopt } from './adopt.ts';
+import { registerDemo } from './demo.ts';
+import { registerLint } from './lint.ts';
+import { registerMake } from './make.ts';
+import { registerMaster } from './master.ts';
+import { registerMigrate } from './migrate.ts';
+import { registerProvision } from './provision.ts';
+import { registerReport } from './report.ts';
+import { registerRuns } from './runs.ts';
+import { registerStatus } from './status.ts';
+import { registerLabel, registerTenants } from './tenants.ts';
+import { registerUnlock } from './unlock.ts';
+
+/**
+ * Every command of the binary, in help order. A command file imports only commander and light
+ * helpers at its top: what a command runs (Knex, the toolkit, the embedded engine) is imported
+ * inside its action, so that `--help` and an unrelated command do not load it.
+ */
+export const COMMANDS: readonly ((program: Command) => void)[] = [
+  registerMaster,
+  registerMake,
+  registerProvision,
+  registerTenants,
+  registerLabel,
+  registerAdopt,
+  registerMigrate,
+  registerLint,
+  registerStatus,
+  registerRuns,
+  registerUnlock,
+  registerReport,
+  registerDemo,
+];
