@@ -1,3 +1,4 @@
+import type { Knex } from 'knex';
 import { isTenantSchemaName } from './naming.ts';
 
 /** Suffix of the per-tenant role created with `TENANT_ROLES=on`. */
@@ -11,4 +12,16 @@ export const TENANT_ROLE_SUFFIX = '_app';
 export function tenantRoleName(schema: string): string {
   if (!isTenantSchemaName(schema)) throw new Error(`not a tenant schema name: ${JSON.stringify(schema)}`);
   return `${schema}${TENANT_ROLE_SUFFIX}`;
+}
+
+/**
+ * Drops a tenant's role if it exists (`tenant:drop`): first what it owns or was granted in this
+ * database (`DROP OWNED BY`), then the role. Run it in the transaction that drops the schema.
+ */
+export async function dropTenantRole(trx: Knex.Transaction, schema: string): Promise<void> {
+  const role = tenantRoleName(schema);
+  const found = await trx.raw('select 1 from pg_catalog.pg_roles where rolname = ?', [role]);
+  if (found.rows.length === 0) return;
+  await trx.raw('drop owned by ??', [role]);
+  await trx.raw('drop role ??', [role]);
 }
