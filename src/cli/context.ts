@@ -1,9 +1,8 @@
 import pc from 'picocolors';
 import { parseDuration, type ToolkitConfig } from '../config/config.ts';
-import { configFromEnvironment } from '../config/env.ts';
-import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
+import { connectionFailure, isConnectionLoss } from '../db/connection-errors.ts';
 import { UsageError } from '../errors.ts';
-import { openToolkit, type Toolkit } from '../toolkit.ts';
+import type { Toolkit } from '../toolkit.ts';
 
 /** Options every command accepts. */
 export interface CommonOptions {
@@ -18,7 +17,12 @@ export interface CommonOptions {
  * `--json` keeps stdout to one JSON document.
  */
 export async function withToolkit<T>(options: CommonOptions, cb: (toolkit: Toolkit) => Promise<T>): Promise<T> {
-  const toolkit = await openToolkit(withOverrides(configFromEnvironment(), options), {
+  // Loaded here, not at the top: `--help` and commands that need no database never load Knex.
+  const [{ configFromProject }, { openToolkit }] = await Promise.all([
+    import('../config/project.ts'),
+    import('../toolkit.ts'),
+  ]);
+  const toolkit = await openToolkit(withOverrides(await configFromProject(), options), {
     log: (line) => process.stderr.write(`${pc.dim(line)}\n`),
   });
   // Ctrl-C or a deploy job's SIGTERM: exit at once. The server rolls back every transaction in

@@ -1,27 +1,42 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import pc from 'picocolors';
-import { connectionFailure, isConnectionLoss } from '../db/connection.ts';
+import { typeScriptLoaderLoadedFor } from '../config/typescript-loader.ts';
+import { connectionFailure, isConnectionLoss } from '../db/connection-errors.ts';
 import { ToolkitError } from '../errors.ts';
+import { TOOLKIT_VERSION } from '../version.ts';
 import { COMMANDS } from './commands/index.ts';
 
 /** The one CLI entry point behind the package.json scripts. */
 export async function main(argv: readonly string[]): Promise<number> {
   const program = new Command('tenant-migrate')
     .description('Schema-per-tenant migrations for PostgreSQL on Knex')
+    .version(TOOLKIT_VERSION, '-V, --version', 'print the version')
     .option('--verbose', 'show stack traces for errors (also: DEBUG=1)')
+    .option('--config <file>', 'read settings from this file (default: tenant-migrate.config.* or knexfile)')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   for (const register of COMMANDS) register(program);
-  for (const c of program.commands)
-    c.exitOverride().option('--verbose', 'show stack traces for errors (also: DEBUG=1)');
+  for (const c of program.commands) {
+    c.exitOverride()
+      .option('--verbose', 'show stack traces for errors (also: DEBUG=1)')
+      .option('--config <file>', 'read settings from this file (default: tenant-migrate.config.* or knexfile)');
+  }
+  // The config file is read where the environment is (configFromProject), under the environment.
+  program.hook('preAction', (_program, command) => {
+    const file = (command.opts() as { config?: string }).config ?? (program.opts() as { config?: string }).config;
+    if (file !== undefined) process.env.TENANT_MIGRATE_CONFIG = file;
+  });
+  const verbose = argv.includes('--verbose') || Boolean(process.env.DEBUG);
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return Number(process.exitCode ?? 0);
   } catch (error) {
-    const verbose = argv.includes('--verbose') || Boolean(process.env.DEBUG);
     return report(error, verbose);
+  } finally {
+    const ts = typeScriptLoaderLoadedFor();
+    if (verbose && ts !== undefined) process.stderr.write(pc.dim(`(loaded the TypeScript loader for ${ts})\n`));
   }
 }
 

@@ -1,4 +1,5 @@
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type cliProgress from 'cli-progress';
 import pc from 'picocolors';
 import type { RunDetail, RunSummary } from '../ledger/history.ts';
 import type { FanoutReport, TenantReport } from '../migrations/fanout.ts';
@@ -232,13 +233,15 @@ export const runDetail: Renderer<RunDetail> = {
  * Live progress for a fan-out: a progress bar on a terminal (cli-progress), plain lines for
  * tenants that did something otherwise, nothing at all in `--json` mode.
  */
-export function fanoutProgress(
+export function fanoutProgress<R extends ProgressReport = TenantReport>(
   out: Output,
   verb: string,
+  /** What a tenant that did not fail did (default: its migrations), for the plain progress lines. */
+  describe: (report: R) => string = migrationsDone as (report: ProgressReport) => string,
 ): {
   onStart(total: number, toRun: number): void;
   onWave(wave: number, waves: number, size: number): void;
-  onTenant(report: TenantReport): void;
+  onTenant(report: R): void;
   stop(): void;
 } {
   const tty = Boolean(process.stderr.isTTY) && !out.json;
@@ -249,14 +252,16 @@ export function fanoutProgress(
     onStart(_total, n) {
       toRun = n;
       if (tty && n > 0) {
-        bar = new cliProgress.SingleBar(
+        // Loaded on first use only (a terminal with work to show): --json and pipes never pay for it.
+        const progress = createRequire(import.meta.url)('cli-progress') as typeof cliProgress;
+        bar = new progress.SingleBar(
           {
             stream: process.stderr,
             format: `${verb} {bar} {value}/{total} tenants | {eta_formatted} left | {tenant}`,
             hideCursor: true,
             clearOnComplete: true,
           },
-          cliProgress.Presets.shades_classic,
+          progress.Presets.shades_classic,
         );
         bar.start(n, 0, { tenant: '' });
       }
@@ -277,7 +282,7 @@ export function fanoutProgress(
         const what =
           report.outcome === 'failed' || report.outcome === 'would-fail'
             ? pc.red(`${report.outcome === 'failed' ? 'FAILED' : 'would fail'}: ${report.error?.message}`)
-            : `${report.migrations.length} migration(s)${report.outcome === 'would-migrate' ? ' (dry run)' : ''}`;
+            : describe(report);
         out.line(`[${done}/${toRun} (${pct}%) ${report.orgId} ${report.schema}] ${what}`);
       }
     },
@@ -285,6 +290,19 @@ export function fanoutProgress(
       bar?.stop();
     },
   };
+}
+
+/** What the progress lines need of a tenant's report (a fan-out's, or a `tenants:run`'s). */
+export interface ProgressReport {
+  readonly orgId: string;
+  readonly schema: string;
+  /** `up-to-date` and `skipped` are not shown; `failed` and `would-fail` are shown with the error. */
+  readonly outcome: string;
+  readonly error: { readonly message: string } | null;
+}
+
+function migrationsDone(report: TenantReport): string {
+  return `${report.migrations.length} migration(s)${report.outcome === 'would-migrate' ? ' (dry run)' : ''}`;
 }
 
 /** Aligned columns, measured without colour codes. */

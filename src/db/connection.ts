@@ -1,8 +1,11 @@
 import knexFactory, { type Knex } from 'knex';
 import type { ConnectionTarget, ToolkitConfig } from '../config/config.ts';
 import { ConnectionError, ToolkitError } from '../errors.ts';
+import { connectionFailure } from './connection-errors.ts';
 import type { EmbeddedServer } from './embedded.ts';
 import { networkErrorCode, SQLSTATE, sqlState } from './pg-errors.ts';
+
+export { connectionFailure, isConnectionLoss } from './connection-errors.ts';
 
 /** An open connection pool, and what it points at. Close it with `close()`. */
 export interface Database {
@@ -132,35 +135,4 @@ export async function withDatabase<T>(
   } finally {
     await db.close();
   }
-}
-
-/**
- * Whether an error means the connection itself went away (network error, server shutdown or
- * termination, pg's "Connection terminated"), as opposed to a statement failing.
- */
-export function isConnectionLoss(error: unknown): boolean {
-  if (error instanceof ToolkitError) return false;
-  const state = sqlState(error);
-  if (state && (state.startsWith('08') || ['57P01', '57P02', '57P03'].includes(state))) return true;
-  if (networkErrorCode(error)) return true;
-  const message = (error as Error | undefined)?.message ?? '';
-  return /Connection terminated|not queryable|Client has encountered a connection error|terminating connection/i.test(
-    message,
-  );
-}
-
-/** Turns a driver error met while connecting into one line naming the server and the reason. */
-export function connectionFailure(where: string, error: unknown, verb = 'Cannot connect to'): ToolkitError {
-  if (error instanceof ToolkitError) return error;
-  const state = sqlState(error);
-  const network = networkErrorCode(error);
-  const detail = (error as Error | undefined)?.message?.split('\n')[0] ?? String(error);
-  let reason: string;
-  if (network) reason = `${network}${detail.includes(network) ? '' : ` (${detail})`}`;
-  else if (state === SQLSTATE.INVALID_PASSWORD || state === SQLSTATE.INVALID_AUTHORIZATION)
-    reason = `authentication failed: ${detail}`;
-  else if (state === SQLSTATE.INVALID_CATALOG_NAME) reason = detail;
-  else if (/timeout/i.test(detail)) reason = `timed out (${detail})`;
-  else reason = detail;
-  return new ConnectionError(`${verb} PostgreSQL at ${where}: ${reason}`, error);
 }

@@ -4,8 +4,8 @@ import type { Knex } from 'knex';
 // Knex builds a transaction's `trx` this way (makeTxClient + makeKnex); there is no public API
 // for "a Knex bound to one connection, outside a transaction", which migrations declaring
 // `config = { transaction: false }` need so that their session scoping stays on one connection.
-const require = createRequire(import.meta.url);
-const makeKnex = require('knex/lib/knex-builder/make-knex.js') as (client: unknown) => Knex;
+const requireHere = createRequire(import.meta.url);
+const makeKnex = requireHere('knex/lib/knex-builder/make-knex.js') as (client: unknown) => Knex;
 
 interface KnexClientInternals {
   acquireConnection(): Promise<PooledConnection>;

@@ -2,6 +2,7 @@ import { createRequire, Module } from 'node:module';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import vm from 'node:vm';
+import { ensureTypeScriptFor } from '../config/typescript-loader.ts';
 
 /** The parameters of Node's CommonJS module wrapper, in its order. */
 const WRAPPER_PARAMETERS = ['exports', 'require', 'module', '__filename', '__dirname'];
@@ -25,6 +26,7 @@ export async function evaluateModule(file: string, source: string, version: stri
   const absolute = path.resolve(file);
   const body = /\.c?js$/.test(absolute) ? compileCommonJs(absolute, source) : undefined;
   if (body) return runCommonJs(absolute, body);
+  await ensureTypeScriptFor(absolute);
   // The version in the URL makes an edited file load afresh in a long-lived process.
   return import(`${pathToFileURL(absolute).href}?v=${version}`);
 }

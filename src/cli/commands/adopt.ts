@@ -1,13 +1,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import { UsageError } from '../../errors.ts';
-import {
-  type AdoptReport,
-  adoptTenants,
-  type OrgIdSource,
-  type RefusedTenant,
-  readOrgMap,
-} from '../../tenants/adopt.ts';
+import type { AdoptReport, OrgIdSource, RefusedTenant } from '../../tenants/adopt.ts';
 import { type CommonOptions, withToolkit } from '../context.ts';
 import { createOutput, type Renderer, show } from '../render.ts';
 
@@ -27,7 +21,8 @@ export function registerAdopt(program: Command): void {
     .option('--dry-run', 'show what would be adopted; write nothing')
     .option('--json', 'print one JSON document')
     .action(async (flags: AdoptFlags) => {
-      const source = orgIdSource(flags); // bad flags and map files are refused before connecting
+      const { adoptTenants, readOrgMap } = await import('../../tenants/adopt.ts');
+      const source = orgIdSource(flags, readOrgMap); // bad flags and map files are refused before connecting
       const report = await withToolkit(flags, (tk) =>
         adoptTenants(tk.knex, tk.tenantSource, source, { dryRun: flags.dryRun ?? false }),
       );
@@ -35,7 +30,7 @@ export function registerAdopt(program: Command): void {
     });
 }
 
-function orgIdSource(flags: AdoptFlags): OrgIdSource {
+function orgIdSource(flags: AdoptFlags, readOrgMap: (file: string) => string[]): OrgIdSource {
   if ((flags.map === undefined) === (flags.query === undefined))
     throw new UsageError('Give the org ids with exactly one of --map <file> and --query <sql>');
   if (flags.map !== undefined) return { kind: 'list', orgIds: readOrgMap(flags.map) };

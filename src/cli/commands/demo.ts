@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import type { Migration, MigrationSource } from '../../migrations/source.ts';
-import { createToolkit } from '../../toolkit.ts';
 import { withToolkit } from '../context.ts';
 import { createOutput, masterRun, provisionRun, show } from '../render.ts';
 import { statusReport } from '../render-status.ts';
@@ -24,6 +23,7 @@ export function registerDemo(program: Command): void {
     .command('demo')
     .description('provision three tenants, then deploy a new tenant migration safely: dry-run, canary, the rest')
     .action(async () => {
+      const { createToolkit } = await import('../../toolkit.ts');
       const out = createOutput(false);
       await withToolkit({}, async (tk) => {
         out.line(pc.bold(`1. Master migrations on ${tk.location}`));

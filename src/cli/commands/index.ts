@@ -1,12 +1,15 @@
 import type { Command } from 'commander';
 import { registerAdopt } from './adopt.ts';
 import { registerDemo } from './demo.ts';
+import { registerFleet } from './fleet.ts';
+import { registerInit } from './init.ts';
 import { registerLint } from './lint.ts';
 import { registerMake } from './make.ts';
 import { registerMaster } from './master.ts';
 import { registerMigrate } from './migrate.ts';
 import { registerProvision } from './provision.ts';
 import { registerReport } from './report.ts';
+import { registerRoles } from './roles.ts';
 import { registerRuns } from './runs.ts';
 import { registerStatus } from './status.ts';
 import { registerLabel, registerTenants } from './tenants.ts';
@@ -18,12 +21,15 @@ import { registerUnlock } from './unlock.ts';
  * inside its action, so that `--help` and an unrelated command do not load it.
  */
 export const COMMANDS: readonly ((program: Command) => void)[] = [
+  registerInit,
   registerMaster,
   registerMake,
   registerProvision,
   registerTenants,
   registerLabel,
+  registerFleet,
   registerAdopt,
+  registerRoles,
   registerMigrate,
   registerLint,
   registerStatus,

@@ -1,7 +1,4 @@
 import type { Command } from 'commander';
-import { lintMigrations } from '../../lint/lint.ts';
-import { lintRenderer } from '../../lint/render.ts';
-import { folderSource } from '../../migrations/source.ts';
 import { type CommonOptions, withToolkit } from '../context.ts';
 import { createOutput, show } from '../render.ts';
 
@@ -23,6 +20,11 @@ export function registerLint(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
     .action(async (flags: LintFlags) => {
+      const [{ lintMigrations }, { lintRenderer }, { folderSource }] = await Promise.all([
+        import('../../lint/lint.ts'),
+        import('../../lint/render.ts'),
+        import('../../migrations/source.ts'),
+      ]);
       const report = await withToolkit(flags, async (tk) => {
         const tenant = await folderSource(
           flags.tenantDir ?? tk.config.tenantMigrationsDir,

@@ -1,7 +1,6 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { configFromEnvironment } from '../../config/env.ts';
 import { UsageError } from '../../errors.ts';
 
 const TS_TEMPLATE = `import type { Knex } from 'knex';
@@ -66,8 +65,9 @@ export function registerMake(program: Command): void {
       .description(`write a timestamped ${kind} migration (TypeScript, or SQL with --sql) from the template`)
       .argument('<name>', 'what the migration does, e.g. add_focus_area_colour')
       .option('--sql', 'write a plain .sql migration with "-- migrate:up" and "-- migrate:down" sections')
-      .action((name: string, options: { sql?: boolean }) => {
-        const config = configFromEnvironment();
+      .action(async (name: string, options: { sql?: boolean }) => {
+        const { configFromProject } = await import('../../config/project.ts');
+        const config = await configFromProject();
         const dir = kind === 'master' ? config.masterMigrationsDir : config.tenantMigrationsDir;
         const file = makeMigration(dir, name, { format: options.sql ? 'sql' : 'ts' });
         process.stdout.write(`Created ${path.relative(process.cwd(), file)}\n`);

@@ -2,8 +2,6 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { collectFleetReport } from '../../report/fleet.ts';
-import { renderFleetHtml } from '../../report/html.ts';
 import { type CommonOptions, withToolkit } from '../context.ts';
 import { createOutput } from '../render.ts';
 
@@ -17,6 +15,10 @@ export function registerReport(program: Command): void {
     .option('--json', 'print the report data as one JSON document instead of writing the page')
     .action(async (flags: CommonOptions & { out: string; open?: boolean }) => {
       const out = createOutput(flags.json ?? false);
+      const [{ collectFleetReport }, { renderFleetHtml }] = await Promise.all([
+        import('../../report/fleet.ts'),
+        import('../../report/html.ts'),
+      ]);
       const report = await withToolkit(flags, async (tk) =>
         collectFleetReport(tk.knex, await tk.tenantSource.load(), tk.location),
       );

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import pc from 'picocolors';
 import { UsageError } from '../../errors.ts';
 import { TENANT_TRACKING_TABLE } from '../../migrations/targets.ts';
-import { type UnlockedTenant, type UnlockOutcome, unlockTenants } from '../../migrations/tracking.ts';
+import type { UnlockedTenant, UnlockOutcome } from '../../migrations/tracking.ts';
 import { type CommonOptions, collect, withToolkit } from '../context.ts';
 import { createOutput } from '../render.ts';
 
@@ -36,6 +36,7 @@ export function registerUnlock(program: Command): void {
       if (orgIds.length > 0 === (flags.allStuck ?? false))
         throw new UsageError('Name the tenants with --tenant <org_id> (repeatable), or pass --all-stuck');
       const which = flags.allStuck ? ({ allStuck: true } as const) : { orgIds };
+      const { unlockTenants } = await import('../../migrations/tracking.ts');
       const tenants = await withToolkit(flags, (tk) => unlockTenants(tk.knex, TENANT_TRACKING_TABLE, which));
       const out = createOutput(flags.json ?? false);
       out.document({ command: 'migrate:unlock', tenants });
