@@ -2,6 +2,8 @@ import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
 import { type OpenOptions, openDatabase } from './db/connection.ts';
 import { RegistryMissingError, UsageError } from './errors.ts';
+import { listTenantsReport, type TenantListOptions, type TenantListReport } from './fleet/list.ts';
+import { type FleetRunOptions, type FleetRunReport, runAcrossTenants } from './fleet/run.ts';
 import {
   getRun,
   type LedgerStatus,
@@ -63,6 +65,13 @@ export interface Toolkit {
     verify?: boolean;
     drift?: boolean;
   }): Promise<StatusReport & { readonly ledger: LedgerStatus | null; readonly drift?: DriftReport }>;
+  /**
+   * `tenants:run`: a SQL file or a module's `run(knex, tenant)` in every selected tenant, each
+   * in its own transaction under its lock and search path (see `runAcrossTenants`).
+   */
+  runAcrossTenants(file: string, options?: FleetRunOptions): Promise<FleetRunReport>;
+  /** `tenants:list`: every tenant with its status, version, labels, last error and times. */
+  listTenantsReport(options?: TenantListOptions): Promise<TenantListReport>;
   /** Recent runs from the ledger (one-tenant runs too with `all`). */
   runs(options?: { all?: boolean; limit?: number }): Promise<RunSummary[]>;
   /** One run with its tenants. */
@@ -129,6 +138,7 @@ export function createToolkit(options: {
         extensions: config.tenantExtensions,
         settings,
         memo,
+        ...(config.tenantRoles ? { tenantRoles: { appRole: config.tenantAppRole } } : {}),
         ...(o.labels ? { labels: o.labels } : {}),
         ...(o.dryRun ? { dryRun: true } : {}),
       }),
@@ -170,6 +180,20 @@ export function createToolkit(options: {
       const drift = await collectDrift(knex, versions, (schema) => orgIds.get(schema) ?? '');
       return { ...report, ledger, drift };
     },
+    runAcrossTenants: (file, o = {}) =>
+      runAcrossTenants(
+        {
+          knex,
+          lockTimeoutMs: settings.lockTimeoutMs,
+          escapeGuard: settings.escapeGuard !== false,
+          poolMax,
+          retention: config.ledgerRetention,
+        },
+        file,
+        o,
+      ),
+    listTenantsReport: async (o = {}) =>
+      listTenantsReport(knex, await loadTenant(), { parallel: Math.min(4, poolMax), ...o }),
     runs: async (o = {}) => ((await probeCapabilities(knex)).ledger ? listRuns(knex, o) : []),
     run: async (id) => ((await probeCapabilities(knex)).ledger ? getRun(knex, id) : undefined),
     close: options.close ?? (async () => undefined),

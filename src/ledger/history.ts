@@ -31,7 +31,7 @@ export interface RunSummary {
 export interface RunTenantRow {
   readonly schema: string;
   readonly orgId: string | null;
-  readonly outcome: 'migrated' | 'failed';
+  readonly outcome: 'migrated' | 'failed' | 'ran';
   readonly direction: 'up' | 'down';
   readonly migrations: readonly string[];
   readonly batch: number | null;
@@ -87,7 +87,7 @@ function toSummary(row: Record<string, unknown>): RunSummary {
 /** Recent runs, newest first; one-tenant runs (provisioning, lazy) only with `all`. */
 export async function listRuns(knex: Knex, options: { all?: boolean; limit?: number } = {}): Promise<RunSummary[]> {
   await markInterrupted(knex);
-  const where = options.all ? '' : "where r.kind in ('deploy', 'rollback')";
+  const where = options.all ? '' : "where r.kind in ('deploy', 'rollback', 'run')";
   const result = await knex.raw(`${SUMMARY} ${where} order by r.id desc limit ?`, [options.limit ?? 20]);
   return (result.rows as Record<string, unknown>[]).map(toSummary);
 }
@@ -109,7 +109,7 @@ export async function getRun(knex: Knex, id: number): Promise<RunDetail | undefi
     tenants: (tenants.rows as Record<string, unknown>[]).map((t) => ({
       schema: String(t.schema_name),
       orgId: (t.org_id as string | null) ?? null,
-      outcome: t.outcome as 'migrated' | 'failed',
+      outcome: t.outcome as RunTenantRow['outcome'],
       direction: t.direction as 'up' | 'down',
       migrations: (t.migrations as string[]) ?? [],
       batch: t.batch === null ? null : Number(t.batch),

@@ -11,8 +11,11 @@ import { TOOLKIT_VERSION } from '../version.ts';
 export const RUNS = 'tenant_migration_runs';
 export const RUN_TENANTS = 'tenant_migration_run_tenants';
 
-/** `deploy` and `rollback` are fan-out runs; `provision` and `lazy` are one tenant each. */
-export type RunKind = 'deploy' | 'rollback' | 'provision' | 'lazy';
+/**
+ * `deploy` and `rollback` are fan-out runs; `provision` and `lazy` are one tenant each; `run` is a
+ * `tenants:run` (a SQL file or module run in each tenant: it applies no migrations).
+ */
+export type RunKind = 'deploy' | 'rollback' | 'provision' | 'lazy' | 'run';
 export type RunOutcome = 'running' | 'succeeded' | 'failed' | 'interrupted';
 
 /** What a run is, written once when it opens. */
@@ -92,7 +95,8 @@ export async function closeRun(knex: Knex, run: OpenRun, counts: RunCounts, outc
 export interface TenantLedgerRow {
   readonly schema: string;
   readonly orgId: string | null;
-  readonly outcome: 'migrated' | 'failed';
+  /** `ran`: a `tenants:run` committed in this tenant. */
+  readonly outcome: 'migrated' | 'failed' | 'ran';
   readonly direction: 'up' | 'down';
   readonly migrations: readonly string[];
   readonly batch: number | null;

@@ -258,11 +258,14 @@ function canariesFirst(queue: readonly Queued[], options: TenantRunOptions): { q
   return { queue: [...canaries, ...queue.filter((q) => !chosen.has(q))], canaries };
 }
 
-/** Where the waves end, how many failures stop the run, and whether a failing wave stops it. */
-function pacing(
+/**
+ * Where the waves end, how many failures stop the run, and whether a failing wave stops it.
+ * Exported for `tenants:run` (src/fleet/run.ts), which spends the same failure budget.
+ */
+export function pacing(
   total: number,
   canaries: number,
-  options: TenantRunOptions,
+  options: Pick<TenantRunOptions, 'failFast' | 'maxFailures' | 'waves'>,
 ): { ends: number[]; budget: number; stopBetweenWaves: boolean } {
   const budget = options.failFast
     ? 1
@@ -351,7 +354,14 @@ async function classify(
   return { queue, preliminary };
 }
 
-async function selectTenants(ctx: FanoutContext, options: TenantRunOptions): Promise<Tenant[]> {
+/**
+ * The registry rows a run is about, in registry order: every tenant, or the `orgIds` named (each
+ * must be registered), narrowed to `labels`. Exported for `tenants:run` (src/fleet/run.ts).
+ */
+export async function selectTenants(
+  ctx: Pick<FanoutContext, 'knex' | 'capabilities'>,
+  options: Pick<TenantRunOptions, 'orgIds' | 'labels' | 'canaryLabel'>,
+): Promise<Tenant[]> {
   const { knex, capabilities } = ctx;
   const orgIds = options.orgIds;
   const wantsLabels = (options.labels?.length ?? 0) > 0 || options.canaryLabel !== undefined;

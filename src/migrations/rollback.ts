@@ -88,6 +88,11 @@ async function runBatches(
   const run = await knex.raw(`select kind, direction from public.${RUNS} where id = ?`, [runId]);
   const row = run.rows[0] as { kind: string; direction: string } | undefined;
   if (!row) throw new RollbackRefusedError(`There is no run ${runId} in the ledger (see \`pnpm migrate:runs --all\`)`);
+  if (row.kind === 'run') {
+    throw new RollbackRefusedError(
+      `Run ${runId} is a tenants:run: it applied no migrations, so there is nothing to roll back`,
+    );
+  }
   if (row.direction !== 'up') {
     throw new RollbackRefusedError(`Run ${runId} is a rollback: migrate again to re-apply what it rolled back`);
   }

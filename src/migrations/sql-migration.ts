@@ -23,7 +23,7 @@ export class SqlStatementError extends Error {
 }
 
 /** Text sent to the server in one query: a single statement, or a whole section. */
-interface Batch {
+export interface Batch {
   readonly text: string;
   readonly line: number;
   readonly whole: boolean;
@@ -68,12 +68,13 @@ async function runBatches(knex: Knex, batches: readonly Batch[]): Promise<void> 
  * which runs several statements in one query. Knex still sees the statement (with each `?`
  * escaped) for its `query` event, so SQL logs show what runs.
  */
-async function runBatch(knex: Knex, batch: Batch): Promise<void> {
+export async function runBatch(knex: Knex, batch: Batch): Promise<unknown> {
   const shown = batch.text.replace(/(\\*)\?/g, (mark, slashes: string) =>
     slashes.length % 2 === 1 ? mark : `${slashes}\\?`,
   );
   try {
-    await knex.raw(shown).options({ text: batch.text });
+    // The driver's result (exported for `tenants:run`, which reports the rows of the last statement).
+    return await knex.raw(shown).options({ text: batch.text });
   } catch (error) {
     throw statementError(error, batch, knexPrefix(knex, shown));
   }
