@@ -38,6 +38,11 @@ export interface ToolkitConfig {
    * the runtime switches to it for each transaction (`TENANT_ROLES=on`, default off).
    */
   readonly tenantRoles: boolean;
+  /**
+   * The role the application logs in as (`TENANT_APP_ROLE`, default `tenant_app`, as in the
+   * README's *Privileges*): with `tenantRoles`, it is granted membership in each tenant's role.
+   */
+  readonly tenantAppRole: string;
 }
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -45,6 +50,8 @@ export type Env = Readonly<Record<string, string | undefined>>;
 const TRUE = new Set(['1', 'true', 'yes', 'on', 'require']);
 const FALSE = new Set(['0', 'false', 'no', 'off', 'disable', '']);
 const EXTENSION_NAME = /^[a-z_][a-z0-9_-]*$/;
+/** A role name that needs no quoting surprises: letters, digits, `_` and `$`, at most 63 bytes. */
+const ROLE_NAME = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
 
 /** Defaults, shared by the validator and `.env.example`. */
 export const DEFAULTS = {
@@ -56,6 +63,7 @@ export const DEFAULTS = {
   lockTimeout: '10s',
   ledgerKeepRuns: 200,
   ledgerKeepDays: 90,
+  tenantAppRole: 'tenant_app',
 } as const;
 
 /**
@@ -72,6 +80,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   const tenantExtensions = parseExtensions(env.TENANT_EXTENSIONS ?? DEFAULTS.tenantExtensions, problems);
   const escapeGuard = parseBoolean(env, 'ESCAPE_GUARD', true, problems);
   const tenantRoles = parseBoolean(env, 'TENANT_ROLES', false, problems);
+  const tenantAppRole = parseRoleName(env, 'TENANT_APP_ROLE', DEFAULTS.tenantAppRole, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return {
     connection: connection!,
@@ -83,6 +92,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
     ledgerRetention: { runs: keepRuns, days: keepDays },
     escapeGuard,
     tenantRoles,
+    tenantAppRole,
   };
 }
 
@@ -197,6 +207,19 @@ export function parseDuration(raw: string): number | undefined {
   if (!match) return undefined;
   const factor = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(match[2] ?? 'ms') as 'ms' | 's' | 'm' | 'h'];
   return Math.round(Number(match[1]) * factor);
+}
+
+function parseRoleName(env: Env, name: string, fallback: string, problems: string[]): string {
+  const raw = nonEmpty(env[name]);
+  if (raw === undefined) return fallback;
+  // Not a reserved name, and not a tenant's own role (tid_…_app): it would be granted to itself.
+  if (!ROLE_NAME.test(raw) || /^(public|none|pg_.*)$/i.test(raw) || /^tid_[0-9a-f]+_app$/.test(raw)) {
+    problems.push(
+      `${name} must be a role name (letters, digits, _ and $; not PUBLIC, pg_… or a tenant's role), got "${raw}"`,
+    );
+    return fallback;
+  }
+  return raw;
 }
 
 function parseExtensions(raw: string, problems: string[]): string[] {

@@ -19,6 +19,7 @@ import {
   setTenantStatus,
   type Tenant,
 } from '../tenants/registry.ts';
+import { ensureTenantRole } from '../tenants/roles.ts';
 import { ensureExtensions } from './extensions.ts';
 
 /**
@@ -44,6 +45,8 @@ export interface ProvisionOptions {
   readonly labels?: readonly string[];
   /** Preflight: create the schema and run its migrations in a transaction, then roll back; register nothing. */
   readonly dryRun?: boolean;
+  /** `TENANT_ROLES=on`: create the tenant's role with its schema, granted to this application role. */
+  readonly tenantRoles?: { readonly appRole: string };
 }
 
 export interface ProvisionReport {
@@ -166,6 +169,8 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
           return false;
         }
         await conn.raw('create schema if not exists ??', [tenant.schema]);
+        // Before the migrations: the role's default privileges then cover every table they create.
+        if (options.tenantRoles) await ensureTenantRole(conn, tenant.schema, options.tenantRoles.appRole);
         return true;
       },
       complete: (conn) => setTenantStatus(conn, orgId, 'ACTIVE'),

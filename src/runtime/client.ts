@@ -6,11 +6,21 @@ import { ConfigError, messageOf, RegistryMissingError } from '../errors.ts';
 import type { MigrationSource } from '../migrations/source.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { findTenantByOrgId } from '../tenants/registry.ts';
+import { tenantRoleName } from '../tenants/roles.ts';
 import { ExpiringLru } from './cache.ts';
 import { reasonForStatus, TenantNotFoundError, TenantUnavailableError } from './errors.ts';
+import {
+  changedSettings,
+  isRoleSwitchFailure,
+  SESSION_BEFORE_FROM,
+  type SessionLeakEvent,
+  TenantRoleError,
+  transactionCheckingSession,
+  warnSessionLeakOnce,
+} from './isolation.ts';
 import { type LazyMigrationEvent, LazyMigrator } from './lazy.ts';
 
-export type { LazyMigrationEvent };
+export type { LazyMigrationEvent, SessionLeakEvent };
 
 export interface TenantClientOptions {
   /** The application's one shared pool. The client never closes it. */
@@ -29,6 +39,20 @@ export interface TenantClientOptions {
   readonly onLazyMigration?: (event: LazyMigrationEvent) => void;
   /** Milliseconds clock for the cache's TTL (default `Date.now`); tests hand in one they can move. */
   readonly clock?: () => number;
+  /**
+   * Run each transaction as the tenant's own role (`SET LOCAL ROLE "<schema>_app"`), created by
+   * the provisioner with `TENANT_ROLES=on`: a query naming another tenant's schema then fails with
+   * `permission denied` in PostgreSQL itself. Default false. See docs/isolation.md.
+   */
+  readonly tenantRoles?: boolean;
+  /**
+   * Check that the callback left no session-level setting behind (a `SET search_path` or `SET
+   * ROLE` without LOCAL): read in the same round trips as the scoping and the COMMIT; settings
+   * found changed are set back before the connection returns to the pool. Default true.
+   */
+  readonly checkSession?: boolean;
+  /** A callback changed session settings (they were set back). Default: one `console.warn` per process. */
+  readonly onSessionLeak?: (event: SessionLeakEvent) => void;
 }
 
 /** What the callback is told about the tenant it runs for. */
@@ -46,6 +70,8 @@ export interface TenantClientStats {
   readonly registryLookups: number;
   readonly lazyMigrationRuns: number;
   readonly lazyMigrationFailures: number;
+  /** Callbacks that left a session-level setting behind (set back each time). */
+  readonly sessionLeaks: number;
 }
 
 /** Tenant-scoped access for an application: create one per process over its shared pool. */
@@ -77,9 +103,23 @@ const DEFAULT_CACHE_TTL_MS = 60_000;
  * callback's tables in public), and re-reads the registry row of this org AND this schema, so
  * that a cached entry never sends an org to a schema that is no longer registered to it.
  */
-const SCOPE_SQL = `select set_config('search_path', ?, true) as search_path,
+const SCOPE_COLUMNS = `set_config('search_path', ?, true) as search_path,
        exists (select 1 from pg_catalog.pg_namespace where nspname = ?) as schema_exists,
        (select status from public.tenants where clerk_org_id = ? and schema_name = ?) as status`;
+
+/**
+ * The scoping statement for a client's options. With tenant roles it also switches to the
+ * tenant's role for this transaction (`set_config('role', …, true)` is `SET LOCAL ROLE`). It comes
+ * last, and privileges are checked when a statement starts, so this statement may still read the
+ * registry, which the tenant's role cannot. With the session check, it first reads the session's
+ * settings (see isolation.ts).
+ */
+function scopeSql(tenantRoles: boolean, checkSession: boolean): string {
+  const role = tenantRoles ? `,\n       set_config('role', ?, true) as role` : '';
+  return checkSession
+    ? `select before_callback.session_before, ${SCOPE_COLUMNS}${role}\n  ${SESSION_BEFORE_FROM}`
+    : `select ${SCOPE_COLUMNS}${role}`;
+}
 
 /** The cached entry no longer matches the registry: look the org up again. */
 class StaleEntry extends Error {}
@@ -95,7 +135,9 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
   const now = options.clock ?? Date.now;
   const cache = new ExpiringLru<string, CachedTenant>(settings.max, now);
   const lookups = new Map<string, Promise<CachedTenant>>();
-  const counters = { hits: 0, lookups: 0 };
+  const counters = { hits: 0, lookups: 0, leaks: 0 };
+  const scopeStatement = scopeSql(settings.tenantRoles, settings.checkSession);
+  const onSessionLeak = options.onSessionLeak ?? warnSessionLeakOnce;
   const lazy =
     settings.lazyMigrate && options.migrations
       ? new LazyMigrator({
@@ -146,11 +188,16 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     return pending;
   };
 
-  const scope = async (trx: Knex.Transaction, tenant: CachedTenant): Promise<void> => {
-    const result = await registryQuery(() =>
-      trx.raw(SCOPE_SQL, [tenantSearchPath(tenant.schema), tenant.schema, tenant.orgId, tenant.schema]),
-    );
-    const row = result.rows[0] as { schema_exists: boolean; status: string | null };
+  /** Scopes the transaction; returns the session's watched settings before it (with the session check). */
+  const scope = async (trx: Knex.Transaction, tenant: CachedTenant): Promise<string | undefined> => {
+    const bindings = [tenantSearchPath(tenant.schema), tenant.schema, tenant.orgId, tenant.schema];
+    const role = settings.tenantRoles ? tenantRoleName(tenant.schema) : undefined;
+    if (role) bindings.push(role);
+    const result = await registryQuery(() => trx.raw(scopeStatement, bindings)).catch((error: unknown) => {
+      if (role && isRoleSwitchFailure(error, role)) throw new TenantRoleError(tenant.orgId, tenant.schema, role, error);
+      throw error;
+    });
+    const row = result.rows[0] as { schema_exists: boolean; status: string | null; session_before?: string };
     if (row.status === null) {
       cache.delete(tenant.orgId);
       throw new StaleEntry();
@@ -163,6 +210,32 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
       cache.delete(tenant.orgId);
       throw new TenantUnavailableError(tenant.orgId, tenant.schema, row.status, 'schema-missing');
     }
+    return row.session_before;
+  };
+
+  /** One transaction scoped to the tenant; session settings `cb` changed are set back before the connection is reused. */
+  const run = <T>(tenant: CachedTenant, cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>): Promise<T> => {
+    const scoped = { orgId: tenant.orgId, schema: tenant.schema };
+    if (!settings.checkSession)
+      return knex.transaction(async (trx) => {
+        await scope(trx, tenant);
+        return cb(trx, scoped);
+      });
+    let before: string | undefined;
+    return transactionCheckingSession(
+      knex,
+      async (trx) => {
+        before = await scope(trx, tenant);
+        return cb(trx, scoped);
+      },
+      (after) => {
+        if (before === undefined || after === before) return [];
+        const changed = changedSettings(before, after);
+        counters.leaks++;
+        onSessionLeak({ ...scoped, changed });
+        return changed;
+      },
+    );
   };
 
   return {
@@ -178,10 +251,7 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
         // of one, holding ours while waiting for it would never end.
         if (lazy) await lazy.ensure(tenant);
         try {
-          return await knex.transaction(async (trx) => {
-            await scope(trx, tenant);
-            return cb(trx, { orgId: tenant.orgId, schema: tenant.schema });
-          });
+          return await run(tenant, cb);
         } catch (error) {
           if (!(error instanceof StaleEntry)) throw error;
           // The registry changed under the cache (row deleted or re-pointed): one fresh look says
@@ -205,6 +275,7 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
       registryLookups: counters.lookups,
       lazyMigrationRuns: lazy?.runs ?? 0,
       lazyMigrationFailures: lazy?.failures ?? 0,
+      sessionLeaks: counters.leaks,
     }),
   };
 }
@@ -225,6 +296,8 @@ interface Settings {
   readonly ttlMs: number;
   readonly lockTimeoutMs: number;
   readonly lazyMigrate: boolean;
+  readonly tenantRoles: boolean;
+  readonly checkSession: boolean;
 }
 
 /** Checks every option in one pass and reports all problems together. */
@@ -244,8 +317,15 @@ function validate(options: TenantClientOptions): Settings {
   const lazyMigrate = options?.lazyMigrate ?? options?.migrations !== undefined;
   if (lazyMigrate && options?.migrations === undefined)
     problems.push("lazyMigrate needs migrations (e.g. folderSource('tenant-migrations'))");
+  const tenantRoles = options?.tenantRoles ?? false;
+  if (typeof tenantRoles !== 'boolean') problems.push(`tenantRoles must be true or false, got ${String(tenantRoles)}`);
+  const checkSession = options?.checkSession ?? true;
+  if (typeof checkSession !== 'boolean')
+    problems.push(`checkSession must be true or false, got ${String(checkSession)}`);
+  if (options?.onSessionLeak !== undefined && typeof options.onSessionLeak !== 'function')
+    problems.push('onSessionLeak must be a function');
   if (problems.length > 0) throw new ConfigError(problems);
-  return { max, ttlMs, lockTimeoutMs, lazyMigrate };
+  return { max, ttlMs, lockTimeoutMs, lazyMigrate, tenantRoles, checkSession };
 }
 
 function warnLazyFailure(event: LazyMigrationEvent): void {
