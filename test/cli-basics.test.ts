@@ -19,6 +19,7 @@ const MASTER_NAMES = [
   '20261202000001_run_ledger.ts',
   '20261202000002_tenant_labels.ts',
   '20261202000003_tracking_trigger.ts',
+  '20261202000010_ledger_tenants_run.ts',
 ];
 const STACK = /^\s+at /m;
 

@@ -1,18 +1,19 @@
 import type { Knex } from 'knex';
-import { withDedicatedConnection } from '../db/dedicated.ts';
-import { tenantSearchPath } from '../db/identifiers.ts';
-import { lockForTransaction, lockSession, unlockSession } from '../db/locks.ts';
-import { RegistryMissingError, ToolkitError, UsageError } from '../errors.ts';
-import { closeRun, type OpenRun, openRun, pruneLedger, type Retention, tenantRowClause } from '../ledger/ledger.ts';
+import { RegistryMissingError, UsageError } from '../errors.ts';
+import { closeRun, openRun, pruneLedger, type Retention } from '../ledger/ledger.ts';
 import { type Capabilities, probeCapabilities } from '../migrations/books.ts';
 import { pacing, selectTenants } from '../migrations/fanout.ts';
-import { type Escape, findEscapes, GUARD_MARK_COLUMNS, type GuardMark, guardMarkOf } from '../migrations/guard.ts';
-import { tenantTarget } from '../migrations/targets.ts';
-import { failureOf, type RunFailure, SchemaMissingError, SchemaNameError } from '../migrations/unit.ts';
 import { type Amount, type StopReason, stopMessage } from '../migrations/waves.ts';
-import { isTenantSchemaName } from '../tenants/naming.ts';
-import type { Tenant } from '../tenants/registry.ts';
-import { loadTask, type ResultRow, type RunTask, type RunTenant, type TaskResult } from './task.ts';
+import { loadTask, type RunTask } from './task.ts';
+import {
+  type FleetRunSettings,
+  runInTenant,
+  skipped,
+  type TenantRunReport,
+  type TenantRunShared,
+} from './tenant-run.ts';
+
+export type { FleetRunSettings, RunOutcome, TenantRunReport } from './tenant-run.ts';
 
 /**
  * `tenants:run`: a SQL file or a module run in every selected tenant with a migration's
@@ -22,26 +23,6 @@ import { loadTask, type ResultRow, type RunTask, type RunTenant, type TaskResult
  * that rolls each tenant back, and a ledger run (kind `run`) with a row per tenant it ran in or
  * failed on. A tenant's failure is reported, never thrown; the other tenants go on.
  */
-
-export type RunOutcome = 'ran' | 'failed' | 'skipped' | 'would-run' | 'would-fail';
-
-/** One tenant's line of a `tenants:run` report. */
-export interface TenantRunReport {
-  readonly orgId: string;
-  readonly schema: string;
-  readonly status: string;
-  readonly outcome: RunOutcome;
-  /** The rows of the last statement that returned rows (SQL), or what `run` returned; null: none. */
-  readonly rows: readonly ResultRow[] | null;
-  /** How many rows there were before the cap. */
-  readonly rowCount: number;
-  /** More than `rowLimit` rows: only the first ones are in `rows`. */
-  readonly capped: boolean;
-  readonly error: RunFailure | null;
-  /** What escaped the schema, when the escape guard refused the tenant's run. */
-  readonly escapes: readonly Escape[];
-  readonly durationMs: number;
-}
 
 export type RunTotals = Readonly<Record<'ran' | 'failed' | 'skipped', number>> & {
   readonly 'would-run'?: number;
@@ -134,14 +115,14 @@ export async function runAcrossTenants(
       if (!statuses.has(tenant.status))
         emit(skipped(tenant, `status is ${tenant.status}, not ${settings.statuses.join(' or ')}`));
     }
-    const one = { ctx, task, settings, run };
+    const shared: TenantRunShared = { knex: ctx.knex, lockTimeoutMs: ctx.lockTimeoutMs, task, settings, run };
     const { budget } = pacing(queue.length, 0, options);
     let failures = 0;
     let next = 0;
     let stoppedBy: StopReason | null = null;
     const worker = async (): Promise<void> => {
       while (stoppedBy === null && next < queue.length) {
-        const report = await runOne(one, queue[next++]!);
+        const report = await runInTenant(shared, queue[next++]!);
         emit(report);
         if ((report.outcome === 'failed' || report.outcome === 'would-fail') && ++failures >= budget)
           stoppedBy = 'max-failures';
@@ -176,15 +157,7 @@ export async function runAcrossTenants(
   }
 }
 
-interface Settings {
-  readonly statuses: readonly string[];
-  readonly dryRun: boolean;
-  readonly transaction: boolean;
-  readonly guarded: boolean;
-  readonly rowLimit: number;
-}
-
-function checked(options: FleetRunOptions, escapeGuard: boolean): Settings {
+function checked(options: FleetRunOptions, escapeGuard: boolean): FleetRunSettings {
   const transaction = options.transaction ?? true;
   const dryRun = options.dryRun ?? false;
   if (dryRun && !transaction) {
@@ -220,190 +193,6 @@ function identity(task: RunTask, options: FleetRunOptions) {
     // For a run, the digest of the file that ran (the column holds the migration folder's for migrations).
     folderDigest: task.digest,
   } as const;
-}
-
-interface One {
-  readonly ctx: FleetRunContext;
-  readonly task: RunTask;
-  readonly settings: Settings;
-  readonly run: OpenRun | undefined;
-}
-
-/** A tenant's run refused by the escape guard (rolled back). */
-export class RunEscapeError extends ToolkitError {
-  readonly escapes: readonly Escape[];
-  constructor(file: string, schema: string, escapes: readonly Escape[]) {
-    const what = escapes.map((e) => `${e.kind} ${e.name}`).join(', ');
-    super(
-      'E_SCHEMA_ESCAPE',
-      `${file} changed objects outside ${schema}: ${what}; rolled back (--allow-outside-schema if it must)`,
-    );
-    this.escapes = escapes;
-  }
-}
-
-/** Ends a dry-run's transaction after the checks, carrying what the tenant's run returned. */
-class RollBack {
-  constructor(readonly result: TaskResult) {}
-}
-
-/** One tenant: run, report, and its ledger row (in its transaction when it has one). */
-async function runOne(one: One, tenant: Tenant): Promise<TenantRunReport> {
-  const t0 = Date.now();
-  const { settings } = one;
-  const info: RunTenant = {
-    orgId: tenant.orgId,
-    schema: tenant.schema,
-    status: tenant.status,
-    labels: tenant.labels ?? [],
-    dryRun: settings.dryRun,
-  };
-  try {
-    // A registry row naming `public` (or any non-derived name, e.g. edited by hand) is never opened.
-    if (!isTenantSchemaName(tenant.schema)) throw new SchemaNameError(tenant.schema);
-    const result = settings.transaction ? await inTransaction(one, info, t0) : await inSession(one, info, t0);
-    return finished(tenant, settings, result, null, Date.now() - t0);
-  } catch (error) {
-    const report = finished(tenant, settings, null, error, Date.now() - t0);
-    if (one.run) {
-      await writeLedgerRow(one.ctx.knex, one, report).catch(
-        () => undefined /* the report says it; bookkeeping must not turn it into a crash */,
-      );
-    }
-    return report;
-  }
-}
-
-async function inTransaction(one: One, tenant: RunTenant, t0: number): Promise<TaskResult> {
-  const { ctx, task, settings } = one;
-  try {
-    return await ctx.knex.transaction(async (trx) => {
-      // The lock first and alone: lock_timeout must not cut short a wait for a migration of this tenant.
-      await lockForTransaction(trx, tenant.schema);
-      const mark = await scope(trx, tenant.schema, ctx.lockTimeoutMs, true);
-      const result = await task.execute(trx, tenant);
-      // Unguarded, the search path is still checked: a session-level SET inside the transaction
-      // would outlive its commit on the pooled connection.
-      const escapes = settings.guarded
-        ? await findEscapes(trx, tenantTarget(tenant.schema), mark)
-        : await searchPathEscape(trx, tenant.schema);
-      if (escapes.length > 0) throw new RunEscapeError(task.name, tenant.schema, escapes);
-      if (settings.dryRun) throw new RollBack(result);
-      if (one.run) await writeLedgerRow(trx, one, ran(tenant, Date.now() - t0));
-      return result;
-    });
-  } catch (error) {
-    if (error instanceof RollBack) return error.result;
-    throw error;
-  }
-}
-
-/**
- * `--no-transaction`: one dedicated connection under the session lock, its search path and lock
- * timeout set for the session, each statement committing on its own. Afterwards the session is
- * put back as the pool handed it out: any transaction block the code left open is rolled back,
- * every setting it changed (`RESET ALL`, which also undoes ours) and its role are reset, and the
- * lock released. A search path changed by the code fails the tenant (it ran somewhere else).
- */
-async function inSession(one: One, tenant: RunTenant, t0: number): Promise<TaskResult> {
-  const { ctx, task } = one;
-  return withDedicatedConnection(ctx.knex, async (conn) => {
-    await lockSession(conn, tenant.schema);
-    try {
-      await scope(conn, tenant.schema, ctx.lockTimeoutMs, false);
-      const result = await task.execute(conn, tenant);
-      const escapes = await searchPathEscape(conn, tenant.schema);
-      if (escapes.length > 0) throw new RunEscapeError(task.name, tenant.schema, escapes);
-      if (one.run) await writeLedgerRow(conn, one, ran(tenant, Date.now() - t0));
-      return result;
-    } finally {
-      // A failed task's connection is also discarded by withDedicatedConnection; a clean one goes back reset.
-      await conn.raw('rollback').catch(() => undefined);
-      await conn.raw('reset all; reset role; reset session authorization').catch(() => undefined);
-      await unlockSession(conn, tenant.schema).catch(() => undefined);
-    }
-  });
-}
-
-/**
- * The tenant's search path and lock timeout (for the transaction only when `local`), whether its
- * schema exists (PostgreSQL would silently skip a missing one and fall through to public), and
- * the escape guard's mark, in one statement.
- */
-async function scope(conn: Knex, schema: string, lockTimeoutMs: number, local: boolean): Promise<GuardMark> {
-  const result = await conn.raw(
-    `select set_config('search_path', ?, ?) as search_path, set_config('lock_timeout', ?, ?) as lock_timeout,
-            exists (select 1 from pg_namespace where nspname = ?) as schema_exists, ${GUARD_MARK_COLUMNS}`,
-    [tenantSearchPath(schema), local, `${lockTimeoutMs}ms`, local, schema],
-  );
-  const row = result.rows[0] as { schema_exists: boolean; guard_locked: string[]; guard_type_oid: string };
-  if (!row.schema_exists) throw new SchemaMissingError(schema);
-  return guardMarkOf(row);
-}
-
-/** The search path, if the code changed it (`SET search_path`): then it ran somewhere else. */
-async function searchPathEscape(conn: Knex, schema: string): Promise<Escape[]> {
-  const result = await conn.raw("select current_setting('search_path') as search_path");
-  const now = String(result.rows[0]?.search_path);
-  return now === tenantSearchPath(schema) ? [] : [{ kind: 'search_path', name: now }];
-}
-
-type LedgerLine = Pick<TenantRunReport, 'orgId' | 'schema' | 'outcome' | 'error' | 'durationMs'>;
-
-async function writeLedgerRow(conn: Knex, one: One, report: LedgerLine): Promise<void> {
-  const clause = tenantRowClause(one.run!, {
-    schema: report.schema,
-    orgId: report.orgId,
-    outcome: report.outcome === 'ran' ? 'ran' : 'failed',
-    direction: 'up',
-    migrations: [one.task.name],
-    batch: null,
-    error: report.error,
-    durationMs: report.durationMs,
-  });
-  await conn.raw(`with ${clause.sql} select 1`, [...clause.bindings]);
-}
-
-function ran(tenant: RunTenant, durationMs: number): LedgerLine {
-  return { orgId: tenant.orgId, schema: tenant.schema, outcome: 'ran', error: null, durationMs };
-}
-
-function finished(
-  tenant: Tenant,
-  settings: Settings,
-  result: TaskResult | null,
-  error: unknown,
-  durationMs: number,
-): TenantRunReport {
-  const all = result?.rows ?? null;
-  const failed = error !== null;
-  return {
-    orgId: tenant.orgId,
-    schema: tenant.schema,
-    status: tenant.status,
-    outcome: settings.dryRun ? (failed ? 'would-fail' : 'would-run') : failed ? 'failed' : 'ran',
-    rows: all === null ? null : all.slice(0, settings.rowLimit),
-    rowCount: all?.length ?? 0,
-    capped: (all?.length ?? 0) > settings.rowLimit,
-    error: failed ? failureOf(error) : null,
-    escapes: error instanceof RunEscapeError ? error.escapes : [],
-    durationMs,
-  };
-}
-
-function skipped(tenant: Tenant, reason: string): TenantRunReport {
-  return {
-    orgId: tenant.orgId,
-    schema: tenant.schema,
-    status: tenant.status,
-    outcome: 'skipped',
-    rows: null,
-    rowCount: 0,
-    capped: false,
-    error: { migration: null, message: reason, code: 'E_SKIPPED' },
-    escapes: [],
-    durationMs: 0,
-  };
 }
 
 export function totalsOf(reports: readonly TenantRunReport[], dryRun: boolean): RunTotals {
