@@ -1,5 +1,6 @@
 /**
- * Preloaded into the CLI child (`node --import tsx-loader --import bench/child-usage.ts …`):
+ * Preloaded into the CLI child (`node --import bench/child-usage.mjs dist/bin/main.js …`; plain JavaScript, so that
+ * measuring start-up loads no TypeScript loader):
  * on exit, writes the process's peak resident set size (kB) and CPU time (ms) as JSON to
  * BENCH_USAGE_FILE. Portable where `/usr/bin/time -v` is not, and it sees the whole run.
  * CPU time is the figure least disturbed by other work on the machine.

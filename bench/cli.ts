@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { ensureBuilt } from '../test/support/package.ts';
 import { ROOT } from './server.ts';
 import type { Measurement } from './variants/types.ts';
 
@@ -14,33 +15,43 @@ export interface CommandRun {
   readonly stdoutTail: string;
 }
 
-const ENTRY = path.join(ROOT, 'src', 'cli', 'main.ts');
-// `--import tsx` would resolve from the child's working folder; name the loader by path.
-const TSX = pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
-const USAGE = pathToFileURL(path.join(ROOT, 'bench', 'child-usage.ts')).href;
+/** The built CLI, as the package's `tenant-migrate` binary runs it (rebuilt first when the sources are newer). */
+const ENTRY = path.join(ROOT, 'dist', 'bin', 'main.js');
+const USAGE = pathToFileURL(path.join(ROOT, 'bench', 'child-usage.mjs')).href;
+let built = false;
+/** As `args[0]`: run `node -e 0` instead of the CLI, the start-up every Node program pays. */
+export const NODE_ONLY = '--node-only';
 /** A deploy that takes longer than this is a hang, not a measurement. */
 const TIMEOUT_MS = 30 * 60_000;
 /** Variables of the user's shell that must not reach the child: the bench names its database and folders itself. */
 const SCRUBBED = /^(DATABASE_URL|DB_.*|TENANT_.*|MASTER_.*|LOCK_TIMEOUT|ESCAPE_GUARD|LEDGER_.*|PGLITE_DATA_DIR|DEBUG)$/;
 
 /**
- * Runs `src/cli/main.ts <args>` as users do (`pnpm migrate:tenants` is `tsx src/cli/main.ts
- * migrate:tenants`, without pnpm's own start-up), timed from spawn to exit. The child runs in
+ * Runs the built CLI with `args` as users do (`npx tenant-migrate migrate:tenants`, without
+ * npx's or pnpm's own start-up), timed from spawn to exit. The child runs in
  * an empty folder so that no `.env` leaks in, with exactly `env` for its configuration.
  * Output is read and dropped (its last lines are kept for error messages). Throws on a
  * non-zero exit.
  */
 export async function runCommand(args: readonly string[], env: Record<string, string>): Promise<CommandRun> {
+  if (!built) {
+    ensureBuilt();
+    built = true;
+  }
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-cli-'));
   const usageFile = path.join(dir, 'usage.json');
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED.test(k)));
   try {
     const started = performance.now();
-    const child = spawn(process.execPath, ['--import', TSX, '--import', USAGE, ENTRY, ...args], {
-      cwd: dir,
-      env: { ...base, NO_COLOR: '1', FORCE_COLOR: '0', ...env, BENCH_USAGE_FILE: usageFile },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['--import', USAGE, ...(args[0] === NODE_ONLY ? ['-e', '0'] : [ENTRY, ...args])],
+      {
+        cwd: dir,
+        env: { ...base, NO_COLOR: '1', FORCE_COLOR: '0', ...env, BENCH_USAGE_FILE: usageFile },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let tail = '';
     const keep = (chunk: Buffer): void => {
       tail = (tail + chunk.toString()).slice(-4000);

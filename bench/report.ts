@@ -116,6 +116,19 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
       met: ratio >= 4,
     });
   }
+  for (const [metric, limitMs, what] of [
+    ['startup.help', 150, 'tenant-migrate --help'],
+    ['startup.status', 400, 'migrate:status on 10 up-to-date tenants'],
+  ] as const) {
+    const s = get(metric);
+    const node = get('startup.node');
+    if (s)
+      checks.push({
+        target: `${what} ≤ ${limitMs} ms (whole process)`,
+        actual: `${formatValue(s.median, 'ms')}${node ? ` (node -e 0: ${formatValue(node.median, 'ms')})` : ''}`,
+        met: s.median <= limitMs,
+      });
+  }
   for (const [metric, limitMs] of [
     ['noop.toolkit', 2000],
     ['noop.toolkit.big', 3000],

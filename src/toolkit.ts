@@ -19,10 +19,18 @@ import { type FanoutPlan, type FanoutReport, runTenants, type TenantRunOptions }
 import { runMaster } from './migrations/master.ts';
 import { UP } from './migrations/plan.ts';
 import { type RollbackOptions, rollbackPlan } from './migrations/rollback.ts';
-import { folderSource, type Migration, type MigrationSource } from './migrations/source.ts';
+import { folderSource, listMigrations, type Migration, type MigrationSource } from './migrations/source.ts';
 import { type AppliedVersion, collectStatus, type StatusReport } from './migrations/status.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
+import { prepareDump } from './db/pg-dump.ts';
+import {
+  archiveTenant,
+  dropTenant,
+  type LifecycleReport,
+  restoreTenant,
+} from './provisioning/lifecycle.ts';
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
+import { type RetryOptions, type RetryReport, retryTenants } from './provisioning/retry.ts';
 import { validateOrgId } from './tenants/naming.ts';
 import { changeLabels, validateLabel } from './tenants/registry.ts';
 
@@ -72,6 +80,20 @@ export interface Toolkit {
   runAcrossTenants(file: string, options?: FleetRunOptions): Promise<FleetRunReport>;
   /** `tenants:list`: every tenant with its status, version, labels, last error and times. */
   listTenantsReport(options?: TenantListOptions): Promise<TenantListReport>;
+  /**
+   * `tenants:retry`: provisions again every FAILED tenant and every PROVISIONING one whose
+   * provisioning is no longer running (its lock is free); a running one is left `in-progress`.
+   */
+  retryTenants(options?: RetryOptions): Promise<RetryReport>;
+  /** `tenant:archive`: ARCHIVED under the tenant's lock (after a running migration); schema and data kept. */
+  archiveTenant(orgId: string): Promise<LifecycleReport>;
+  /** `tenant:restore`: an ARCHIVED tenant migrated to the current folder and ACTIVE again, in one unit run. */
+  restoreTenant(orgId: string): Promise<LifecycleReport>;
+  /**
+   * `tenant:drop`: an ARCHIVED tenant's schema (and role) dropped and its row marked DELETED, under
+   * its lock; `dumpFile` first writes a `pg_dump -n <schema>` there (a server only).
+   */
+  dropTenant(orgId: string, options?: { dumpFile?: string }): Promise<LifecycleReport>;
   /** Recent runs from the ledger (one-tenant runs too with `all`). */
   runs(options?: { all?: boolean; limit?: number }): Promise<RunSummary[]>;
   /** One run with its tenants. */
@@ -124,7 +146,7 @@ export function createToolkit(options: {
     return runTenants(context, await plan(capabilities, migrations), run);
   };
 
-  return {
+  const toolkit: Toolkit = {
     knex,
     config,
     tenantSource,
@@ -168,7 +190,8 @@ export function createToolkit(options: {
       fanout(o, (capabilities, migrations) => rollbackPlan(knex, capabilities, migrations, o, o.orgIds)),
     status: async (o = {}) => {
       const versions = new Map<string, AppliedVersion>();
-      const report = await collectStatus(knex, await masterSource.load(), await loadTenant(), {
+      // Names only: status evaluates no migration file (and loads no TypeScript loader for them).
+      const report = await collectStatus(knex, await listMigrations(masterSource), await listMigrations(tenantSource), {
         parallel: Math.min(4, poolMax),
         verify: o.verify ?? false,
         ...(o.drift ? { onVersion: (schema: string, v: AppliedVersion) => versions.set(schema, v) } : {}),
@@ -194,10 +217,30 @@ export function createToolkit(options: {
       ),
     listTenantsReport: async (o = {}) =>
       listTenantsReport(knex, await loadTenant(), { parallel: Math.min(4, poolMax), ...o }),
+    retryTenants: async (o = {}) => {
+      return retryTenants(knex, (orgId) => toolkit.provisionTenant(orgId), { ...o, poolMax });
+    },
+    archiveTenant: (orgId) => archiveTenant(knex, orgId),
+    restoreTenant: async (orgId) => {
+      const migrations = await loadTenant();
+      const capabilities = await probeCapabilities(knex);
+      if (!capabilities.registry) throw new RegistryMissingError();
+      const recorded = await verifyChecksums(knex, 'tenant', migrations);
+      return restoreTenant(knex, orgId, { migrations, settings, capabilities, recorded });
+    },
+    dropTenant: async (orgId, o = {}) => {
+      validateOrgId(orgId);
+      const dump =
+        o.dumpFile === undefined
+          ? undefined
+          : await prepareDump(knex, config.connection, o.dumpFile, config.lockTimeoutMs);
+      return dropTenant(knex, orgId, dump ? { dump } : {});
+    },
     runs: async (o = {}) => ((await probeCapabilities(knex)).ledger ? listRuns(knex, o) : []),
     run: async (id) => ((await probeCapabilities(knex)).ledger ? getRun(knex, id) : undefined),
     close: options.close ?? (async () => undefined),
   };
+  return toolkit;
 }
 
 /** The options as the ledger records them: what was asked, not the callbacks. */

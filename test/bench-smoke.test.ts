@@ -10,7 +10,7 @@ import { ROOT } from './helpers/engine.ts';
  * (timings are not asserted: benchmarks are not tests), else its refusal of the embedded engine.
  */
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
-const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'provision-floor', 'big', 'report'];
+const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'provision-floor', 'big', 'report', 'startup'];
 const METRICS = [
   'migrate.naive',
   'noop.naive',
@@ -31,6 +31,9 @@ const METRICS = [
   'noop.toolkit.big',
   'status.toolkit.big',
   'rss.migrate.toolkit.big',
+  'startup.node',
+  'startup.help',
+  'startup.status',
 ];
 const out = mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
 

@@ -17,10 +17,10 @@ export function digestOf(names: Iterable<string>): string {
     .digest('hex');
 }
 
-const folderDigests = new WeakMap<readonly Migration[], string>();
+const folderDigests = new WeakMap<readonly { readonly name: string }[], string>();
 
 /** The digest of a loaded folder's names (remembered per loaded folder: a run asks often). */
-export function folderDigest(migrations: readonly Migration[]): string {
+export function folderDigest(migrations: readonly { readonly name: string }[]): string {
   let digest = folderDigests.get(migrations);
   if (digest === undefined) {
     digest = digestOf(migrations.map((m) => m.name));
@@ -69,9 +69,9 @@ export type Intent = { readonly direction: 'up' } | { readonly direction: 'down'
 export const UP: Intent = { direction: 'up' };
 
 /** What a run would do to one schema, computed from the files and the tracking table. */
-export interface Plan {
+export interface Plan<M extends { readonly name: string } = Migration> {
   /** Migrations to run, in the order they run. */
-  readonly steps: readonly Migration[];
+  readonly steps: readonly M[];
   /** Applied migrations whose file is gone: the schema is refused, as Knex refuses a corrupt directory. */
   readonly missing: readonly string[];
   /** Pending files older than the newest applied one (merged late from another branch, usually). */
@@ -83,7 +83,10 @@ export interface Plan {
 }
 
 /** Pending migrations, in name order; the batch is one more than the highest applied. */
-export function planUp(local: readonly Migration[], applied: readonly AppliedMigration[]): Plan {
+export function planUp<M extends { readonly name: string } = Migration>(
+  local: readonly M[],
+  applied: readonly AppliedMigration[],
+): Plan<M> {
   const appliedNames = new Set(applied.map((row) => row.name));
   const localNames = new Set(local.map((m) => m.name));
   const steps = local.filter((m) => !appliedNames.has(m.name));

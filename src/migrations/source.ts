@@ -14,12 +14,16 @@ export interface MigrationModule {
   config?: { transaction?: boolean; allowOutsideSchema?: boolean };
 }
 
-/** One loaded migration. `name` is the file name, as Knex records it. */
-export interface Migration {
+/** A migration file as listed, not yet evaluated. `name` is the file name, as Knex records it. */
+export interface MigrationFile {
   readonly name: string;
   readonly file: string;
   /** sha256 of the file with line endings normalised, recorded when it is applied. */
   readonly checksum: string;
+}
+
+/** One loaded migration: the file and what it exports. */
+export interface Migration extends MigrationFile {
   /** False when the file exports `config = { transaction: false }`, or a `.sql` section says `transaction:false`. */
   readonly transaction: boolean;
   /**
@@ -35,6 +39,16 @@ export interface Migration {
 export interface MigrationSource {
   /** Every migration, sorted by name; throws MigrationSourceError naming the file when one is unusable. */
   load(): Promise<readonly Migration[]>;
+  /**
+   * The same files without evaluating them (names and checksums only), for readers such as
+   * `migrate:status` that need no code: they then load no module and no TypeScript loader.
+   */
+  list?(): Promise<readonly MigrationFile[]>;
+}
+
+/** A source's files without evaluating them where it can list them, else by loading them. */
+export function listMigrations(source: MigrationSource): Promise<readonly MigrationFile[]> {
+  return source.list ? source.list() : source.load();
 }
 
 /** JavaScript and TypeScript modules, in every module system Knex users write (see load-module.ts). */
@@ -53,16 +67,25 @@ function isMigrationFile(file: string): boolean {
  * name as Knex sorts them. `variable` names the setting in errors.
  */
 export function folderSource(dir: string, variable = 'the migrations folder'): MigrationSource {
+  const files = (): string[] => {
+    if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+      throw new MigrationSourceError(`Migration folder ${dir} does not exist (set ${variable} to change it)`);
+    }
+    const names = readdirSync(dir).filter(isMigrationFile).sort();
+    checkDuplicates(names);
+    return names;
+  };
   return {
     async load() {
-      if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-        throw new MigrationSourceError(`Migration folder ${dir} does not exist (set ${variable} to change it)`);
-      }
-      const files = readdirSync(dir).filter(isMigrationFile).sort();
-      checkDuplicates(files);
       const migrations: Migration[] = [];
-      for (const file of files) migrations.push(await loadFile(path.join(dir, file), variable));
+      for (const file of files()) migrations.push(await loadFile(path.join(dir, file), variable));
       return migrations;
+    },
+    async list() {
+      return files().map((name) => {
+        const file = path.join(dir, name);
+        return { name, file, checksum: checksumOf(readFileSync(file, 'utf8')) };
+      });
     },
   };
 }

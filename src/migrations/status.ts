@@ -3,7 +3,7 @@ import { isTenantSchemaName, SCHEMA_PREFIX } from '../tenants/naming.ts';
 import { probeCapabilities } from './books.ts';
 import { type AppliedMigration, digestOf, folderDigest, planUp } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
-import type { Migration } from './source.ts';
+import type { MigrationFile } from './source.ts';
 import { MASTER_TARGET, TENANT_TRACKING_TABLE } from './targets.ts';
 import { stuckKnexLocks } from './tracking.ts';
 
@@ -96,8 +96,8 @@ interface RegistryRow {
  */
 export async function collectStatus(
   knex: Knex,
-  master: readonly Migration[],
-  tenant: readonly Migration[],
+  master: readonly MigrationFile[],
+  tenant: readonly MigrationFile[],
   options: StatusOptions = {},
 ): Promise<StatusReport> {
   const masterApplied = await readMaster(knex);
@@ -158,7 +158,7 @@ export async function collectStatus(
 }
 
 /** Digest of each prefix of the folder (name order) → its length: the positions a digest can name. */
-export function knownPositions(tenant: readonly Migration[]): Map<string, number> {
+export function knownPositions(tenant: readonly MigrationFile[]): Map<string, number> {
   const positions = new Map<string, number>();
   const names = tenant.map((m) => m.name);
   for (let n = 0; n < names.length; n++) positions.set(digestOf(names.slice(0, n)), n);
@@ -201,7 +201,7 @@ function placed(t: RegistryRow, position: number, total: number, pending: readon
 /** A tenant not placed by its digest: `applied` is what its tracking table holds (null: no schema). */
 function scannedRow(
   t: RegistryRow,
-  tenant: readonly Migration[],
+  tenant: readonly MigrationFile[],
   applied: readonly AppliedMigration[] | null | undefined,
 ): TenantStatusRow {
   const plan = applied ? planUp(tenant, applied) : undefined;
