@@ -69,6 +69,3 @@ export function messageOf(error: unknown): string {
   if (error instanceof Error) return error.message.split('\n')[0] ?? String(error);
   return String(error);
 }
-
-/** @deprecated Use `messageOf`: it returns the message's first line, it describes nothing else. */
-export const describeError = messageOf;

@@ -6,7 +6,7 @@
 
 import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
-import { configFromEnvironment } from './config/env.ts';
+import { configFromProject } from './config/project.ts';
 import type { ProvisionReport } from './provisioning/provisioner.ts';
 import { createToolkit, openToolkit, type Toolkit } from './toolkit.ts';
 
@@ -18,14 +18,38 @@ export {
   parseDuration,
   type ToolkitConfig,
 } from './config/config.ts';
+export { CONFIG_KEYS, defineConfig, type ProjectConfig } from './config/define.ts';
 export { configFromEnvironment } from './config/env.ts';
-export { type Database, openDatabase, withDatabase } from './db/connection.ts';
+export { CONFIG_FILES, configFromProject } from './config/project.ts';
+export { type Database, type OpenOptions, openDatabase, withDatabase } from './db/connection.ts';
 export { quoteIdent, tenantSearchPath } from './db/identifiers.ts';
 export { SQLSTATE } from './db/pg-errors.ts';
 export * from './errors.ts';
+export { listTenantsReport, type TenantListOptions, type TenantListReport, type TenantListRow } from './fleet/list.ts';
+export {
+  DEFAULT_ROW_LIMIT,
+  type FleetRunContext,
+  type FleetRunOptions,
+  type FleetRunReport,
+  type RunTotals,
+  runAcrossTenants,
+} from './fleet/run.ts';
+export type { ResultRow, RunFunction, RunTenant } from './fleet/task.ts';
+export { RunEscapeError, type RunOutcome as TenantRunOutcome, type TenantRunReport } from './fleet/tenant-run.ts';
 export type { LedgerStatus, RunDetail, RunSummary, RunTenantRow } from './ledger/history.ts';
-export { type LintFinding, type LintInput, type LintOptions, type LintReport, lintMigrations } from './lint/lint.ts';
+export type { RunKind, RunOutcome as LedgerRunOutcome } from './ledger/ledger.ts';
+export {
+  type LintFileReport,
+  type LintFinding,
+  type LintInput,
+  type LintOptions,
+  type LintReport,
+  type LintTotals,
+  lintMigrations,
+} from './lint/lint.ts';
 export { lintJson, lintText } from './lint/render.ts';
+export type { LintScope, RuleName, Severity } from './lint/rules.ts';
+export type { DriftReport } from './migrations/drift.ts';
 export type {
   FanoutReport,
   TenantOutcome,
@@ -33,14 +57,28 @@ export type {
   Totals,
 } from './migrations/fanout.ts';
 export { type Escape, SchemaEscapeError } from './migrations/guard.ts';
-export { digestOf } from './migrations/plan.ts';
+export { type Direction, digestOf } from './migrations/plan.ts';
 export { type RollbackOptions, RollbackRefusedError } from './migrations/rollback.ts';
-export { folderSource, type Migration, type MigrationModule, type MigrationSource } from './migrations/source.ts';
-export { collectStatus, type StatusReport, type TenantState, type TenantStatusRow } from './migrations/status.ts';
+export {
+  folderSource,
+  listMigrations,
+  type Migration,
+  type MigrationFile,
+  type MigrationModule,
+  type MigrationSource,
+} from './migrations/source.ts';
+export {
+  collectStatus,
+  type StatusOptions,
+  type StatusReport,
+  type TenantState,
+  type TenantStatusRow,
+} from './migrations/status.ts';
 export { MASTER_TARGET, MASTER_TRACKING_TABLE, TENANT_TRACKING_TABLE, tenantTarget } from './migrations/targets.ts';
 export type { SchemaTarget } from './migrations/tracking.ts';
 export {
   MigrationFailedError,
+  type MigrationResult,
   MissingFilesError,
   RollbackBlockedError,
   type RunFailure,
@@ -50,12 +88,42 @@ export {
   SchemaNameError,
   type SchemaRunReport,
 } from './migrations/unit.ts';
-export { type Amount, parseAmount, parseWaves } from './migrations/waves.ts';
+export { type Amount, parseAmount, parseWaves, type StopReason } from './migrations/waves.ts';
 export { ExtensionUnavailableError } from './provisioning/extensions.ts';
-export { OrphanSchemaError, type ProvisionReport, provision } from './provisioning/provisioner.ts';
-export { collectFleetReport, type FleetReport } from './report/fleet.ts';
+export {
+  OrphanSchemaError,
+  type ProvisionOptions,
+  type ProvisionReport,
+  provision,
+} from './provisioning/provisioner.ts';
+export {
+  collectFleetReport,
+  type ErrorGroup,
+  type FleetReport,
+  type FleetVersion,
+  type RunWithFailures,
+} from './report/fleet.ts';
 export { renderFleetHtml } from './report/html.ts';
-export { type AdoptReport, adoptTenants, type OrgIdSource, parseOrgMap, readOrgMap } from './tenants/adopt.ts';
+export {
+  INIT_SCRIPTS,
+  type InitLanguage,
+  type InitOptions,
+  type InitReport,
+  type InitStep,
+  initProject,
+  TOOLKIT_MASTER_MIGRATIONS,
+} from './scaffold/init.ts';
+export {
+  type AdoptedTenant,
+  type AdoptOptions,
+  type AdoptReport,
+  adoptTenants,
+  type OrgIdEntry,
+  type OrgIdSource,
+  parseOrgMap,
+  type RefusedTenant,
+  readOrgMap,
+} from './tenants/adopt.ts';
 export { candidateSchemaNames, schemaNameFor, validateOrgId } from './tenants/naming.ts';
 export { findTenantByOrgId, listTenants, TENANT_STATUSES, type Tenant, type TenantStatus } from './tenants/registry.ts';
 export {
@@ -70,15 +138,19 @@ export {
 /**
  * Provisions one organisation's schema: registers it, creates and migrates the schema, sets it
  * ACTIVE (idempotent; concurrent calls for one org return the same schema). With no toolkit
- * given, it connects with the environment's configuration (DATABASE_URL or DB_*) and closes
- * the connection afterwards; pass `{ knex, config }` to use the application's pool.
+ * given, it connects with the project's configuration (`configFromProject`: config file, `.env`,
+ * environment) and closes the connection afterwards; pass `{ knex, config }` to use the
+ * application's pool.
+ *
+ * @example
+ * const { schema, outcome } = await provisionTenant('org_2abc'); // 'tid_…', 'provisioned'
  */
 export async function provisionTenant(
   orgId: string,
   options: { toolkit?: Toolkit; knex?: Knex; config?: ToolkitConfig } = {},
 ): Promise<ProvisionReport> {
   if (options.toolkit) return options.toolkit.provisionTenant(orgId);
-  const config = options.config ?? configFromEnvironment();
+  const config = options.config ?? (await configFromProject());
   if (options.knex) return createToolkit({ knex: options.knex, config }).provisionTenant(orgId);
   const toolkit = await openToolkit(config);
   try {
@@ -87,6 +159,16 @@ export async function provisionTenant(
     await toolkit.close();
   }
 }
+
+// Types that the exports above mention, so that users can name them.
+export type { RunTask } from './fleet/task.ts';
+export type { Retention } from './ledger/ledger.ts';
+export type { LintFileStatus } from './lint/lint.ts';
+export { RULE_NAMES } from './lint/rules.ts';
+export type { DriftGroup } from './migrations/drift.ts';
+export type { AppliedVersion } from './migrations/status.ts';
+export type { MigrationStatus } from './migrations/unit.ts';
+export type { ProvisionMemo } from './provisioning/provisioner.ts';
 export {
   createTenantClient,
   type LazyMigrationEvent,
@@ -101,3 +183,4 @@ export {
   TenantUnavailableError,
   type TenantUnavailableReason,
 } from './runtime/errors.ts';
+export type { RefusalReason } from './tenants/adopt.ts';

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { ToolkitConfig } from './config/config.ts';
 import { type OpenOptions, openDatabase } from './db/connection.ts';
+import { prepareDump } from './db/pg-dump.ts';
 import { RegistryMissingError, UsageError } from './errors.ts';
 import { listTenantsReport, type TenantListOptions, type TenantListReport } from './fleet/list.ts';
 import { type FleetRunOptions, type FleetRunReport, runAcrossTenants } from './fleet/run.ts';
@@ -22,13 +23,7 @@ import { type RollbackOptions, rollbackPlan } from './migrations/rollback.ts';
 import { folderSource, listMigrations, type Migration, type MigrationSource } from './migrations/source.ts';
 import { type AppliedVersion, collectStatus, type StatusReport } from './migrations/status.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
-import { prepareDump } from './db/pg-dump.ts';
-import {
-  archiveTenant,
-  dropTenant,
-  type LifecycleReport,
-  restoreTenant,
-} from './provisioning/lifecycle.ts';
+import { archiveTenant, dropTenant, type LifecycleReport, restoreTenant } from './provisioning/lifecycle.ts';
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
 import { type RetryOptions, type RetryReport, retryTenants } from './provisioning/retry.ts';
 import { validateOrgId } from './tenants/naming.ts';
@@ -102,6 +97,7 @@ export interface Toolkit {
   close(): Promise<void>;
 }
 
+/** Migration sources that replace the configured folders (tests, or migrations kept elsewhere). */
 export interface ToolkitSources {
   readonly master?: MigrationSource;
   readonly tenant?: MigrationSource;

@@ -45,6 +45,7 @@ export interface ToolkitConfig {
   readonly tenantAppRole: string;
 }
 
+/** Environment variables as the toolkit reads them (`process.env`, or `.env` merged under it). */
 export type Env = Readonly<Record<string, string | undefined>>;
 
 const TRUE = new Set(['1', 'true', 'yes', 'on', 'require']);

@@ -17,6 +17,7 @@ export interface Database {
   close(): Promise<void>;
 }
 
+/** How `openDatabase` reports what it does (e.g. the embedded engine's start-up line). */
 export interface OpenOptions {
   /** Receives the one line announcing the embedded database. */
   readonly log?: (line: string) => void;

@@ -33,6 +33,7 @@ export interface TenantListRow {
   readonly lastMigratedAt: string | null;
 }
 
+/** The registry as `tenants:list` prints it: one row per selected tenant. */
 export interface TenantListReport {
   readonly filters: {
     readonly statuses: readonly string[];
@@ -44,6 +45,7 @@ export interface TenantListReport {
   readonly tenants: readonly TenantListRow[];
 }
 
+/** Which tenants `tenants:list` shows: filters by status, label and pending work. */
 export interface TenantListOptions {
   /** Only these registry statuses (any case). */
   readonly statuses?: readonly string[];

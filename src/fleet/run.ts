@@ -30,6 +30,7 @@ export type RunTotals = Readonly<Record<'ran' | 'failed' | 'skipped', number>> &
   readonly total: number;
 };
 
+/** What `tenants:run` did: one report per tenant (with its result rows), totals, the ledger run id. */
 export interface FleetRunReport {
   readonly file: string;
   readonly kind: RunTask['kind'];
@@ -82,6 +83,7 @@ export interface FleetRunContext {
   readonly retention: Retention;
 }
 
+/** Result rows kept per tenant in a `tenants:run` report unless `rowLimit` says otherwise. */
 export const DEFAULT_ROW_LIMIT = 100;
 
 /** Loads `file` and runs it across the selected tenants; see the module comment. */

@@ -42,6 +42,7 @@ export interface RunTenantRow {
   readonly recordedAt: string;
 }
 
+/** One ledger run with its per-tenant rows (`migrate:runs <id>`). */
 export interface RunDetail extends RunSummary {
   readonly tenants: readonly RunTenantRow[];
 }

@@ -16,6 +16,7 @@ export const RUN_TENANTS = 'tenant_migration_run_tenants';
  * `tenants:run` (a SQL file or module run in each tenant: it applies no migrations).
  */
 export type RunKind = 'deploy' | 'rollback' | 'provision' | 'lazy' | 'run';
+/** How a ledger run ended (`running` while it is alive, `interrupted` when its process died). */
 export type RunOutcome = 'running' | 'succeeded' | 'failed' | 'interrupted';
 
 /** What a run is, written once when it opens. */

@@ -43,6 +43,7 @@ export interface LintInput {
   readonly master?: readonly Migration[];
 }
 
+/** Lint settings: extensions made sure of first, and the lock timeout of the trial transaction. */
 export interface LintOptions {
   /** Extensions the provisioner installs in `public` (TENANT_EXTENSIONS), created in the lint transaction if missing. */
   readonly extensions?: readonly string[];
@@ -72,6 +73,7 @@ export interface LintFinding {
  */
 export type LintFileStatus = 'checked' | 'not-checked' | 'already-applied';
 
+/** One migration file's lint result: its findings and whether its trial run passed. */
 export interface LintFileReport {
   readonly scope: LintScope;
   readonly migration: string;
@@ -88,6 +90,7 @@ export interface LintFileReport {
   readonly notes: readonly string[];
 }
 
+/** Counts of a lint run: files, errors, warnings. */
 export interface LintTotals {
   readonly files: number;
   readonly checked: number;
@@ -98,6 +101,7 @@ export interface LintTotals {
   readonly suppressed: number;
 }
 
+/** The result of `lintMigrations`: per-file reports, totals, and `ok` when no error was found. */
 export interface LintReport {
   /** True when there is no error (warnings allowed). */
   readonly ok: boolean;

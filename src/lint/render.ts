@@ -27,6 +27,7 @@ function count(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
+/** The lint report as text lines (what `migrate:lint` prints). */
 export function lintText(report: LintReport): string[] {
   const lines = report.findings.map(findingLine);
   for (const file of report.files) {
@@ -55,6 +56,7 @@ export function lintText(report: LintReport): string[] {
   return lines;
 }
 
+/** The lint report as one JSON-safe document (what `migrate:lint --json` prints). */
 export function lintJson(report: LintReport): unknown {
   return { command: 'migrate:lint', ...report };
 }

@@ -8,6 +8,7 @@ import { constantText, isObject, type ParsedStatement, stringList, type TreeNode
  */
 
 export type LintScope = 'tenant' | 'master';
+/** An error fails `migrate:lint`; a warning is shown only. */
 export type Severity = 'error' | 'warning';
 
 export const RULE_NAMES = [
@@ -20,6 +21,7 @@ export const RULE_NAMES = [
   'up-fails',
 ] as const;
 
+/** The name of a lint rule, as `-- tenant-migrate-lint-disable <rule>` names it. */
 export type RuleName = (typeof RULE_NAMES)[number];
 
 export interface Rule {

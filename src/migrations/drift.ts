@@ -55,6 +55,7 @@ export interface DriftGroup {
   readonly outliers: readonly DriftOutlier[];
 }
 
+/** Tenants grouped by the fingerprint of their schema at each version, with the outliers (`migrate:status --drift`). */
 export interface DriftReport {
   /** Tenants fingerprinted (ACTIVE, schema present). */
   readonly tenants: number;

@@ -43,6 +43,7 @@ export type Totals = Readonly<Record<'migrated' | 'up-to-date' | 'failed' | 'ski
   readonly total: number;
 };
 
+/** What a fan-out (`migrate:tenants`, `rollback:tenants`) did: one report per tenant, totals, canaries, waves, the ledger run id. */
 export interface FanoutReport {
   readonly direction: Direction;
   /** A dry-run: every batch was rolled back and nothing was recorded. */
@@ -315,7 +316,7 @@ async function classify(
   const toScan: { tenant: Tenant; intent: Intent }[] = [];
   for (const tenant of tenants) {
     if (tenant.status !== 'ACTIVE') {
-      preliminary.push(skipped(tenant, `status is ${tenant.status}, not ACTIVE`));
+      preliminary.push(skipped(tenant, notActiveReason(tenant.status)));
       continue;
     }
     const intent = plan.intentFor(tenant);
@@ -402,6 +403,17 @@ function fromRun(tenant: Tenant, run: SchemaRunReport, durationMs: number): Tena
     escapes: run.escapes,
     unguarded: run.unguarded,
   };
+}
+
+/** Why a tenant that is not ACTIVE is skipped; archived and deleted tenants are skipped by design, not failed. */
+function notActiveReason(status: string): string {
+  const why =
+    status === 'ARCHIVED'
+      ? ' (archived: `tenant:restore` brings it back)'
+      : status === 'DELETED'
+        ? ' (deleted: its schema was dropped)'
+        : '';
+  return `status is ${status}, not ACTIVE${why}`;
 }
 
 function skipped(tenant: Tenant, reason: string): TenantReport {

@@ -49,6 +49,7 @@ export interface AppliedMigration {
   readonly batch: number;
 }
 
+/** Which way a run goes: `up` applies migrations, `down` reverts them. */
 export type Direction = 'up' | 'down';
 
 /**

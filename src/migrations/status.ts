@@ -10,6 +10,7 @@ import { stuckKnexLocks } from './tracking.ts';
 /** Where one tenant stands. */
 export type TenantState = 'up-to-date' | 'behind' | 'failed' | 'schema-missing' | 'not-active';
 
+/** One tenant in `migrate:status`: its state, applied count, pending names, missing files and last error. */
 export interface TenantStatusRow {
   readonly orgId: string;
   readonly schema: string;
@@ -31,6 +32,7 @@ export interface TenantStatusRow {
   readonly knexLocked?: boolean;
 }
 
+/** Where master and every tenant stand (`migrate:status`): per-tenant rows, orphan schemas, a summary. */
 export interface StatusReport {
   readonly master: {
     readonly applied: readonly { readonly name: string; readonly batch: number }[];
@@ -60,6 +62,7 @@ export interface AppliedVersion {
   readonly latest: string | null;
 }
 
+/** How `collectStatus` reads tenants: trusting registry digests, or every tracking table (`verify`). */
 export interface StatusOptions {
   /** Read every tenant's tracking table instead of trusting registry digests. */
   readonly verify?: boolean;

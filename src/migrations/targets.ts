@@ -1,7 +1,9 @@
 import { tenantSearchPath } from '../db/identifiers.ts';
 import type { SchemaTarget } from './tracking.ts';
 
+/** The master history table in `public` (Knex's format). */
 export const MASTER_TRACKING_TABLE = 'knex_migrations_master';
+/** The tracking table in each tenant schema (Knex's format). */
 export const TENANT_TRACKING_TABLE = 'knex_migrations_tenant';
 
 /** Master migrations: `public`, tracked in `public.knex_migrations_master` with Knex's lock table. */

@@ -57,12 +57,14 @@ export interface RunSettings {
 
 export type MigrationStatus = 'Success' | 'Error' | 'NotExecuted';
 
+/** One migration of a schema run: succeeded, failed, not executed (after a failure), or not checked (a dry run's non-transactional step). */
 export interface MigrationResult {
   readonly name: string;
   readonly direction: Direction;
   readonly status: MigrationStatus;
 }
 
+/** Why a schema run failed: the migration, the error's message and code, as recorded for `migrate:status`. */
 export interface RunFailure {
   readonly migration: string | null;
   readonly message: string;

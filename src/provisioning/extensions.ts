@@ -3,6 +3,7 @@ import { EXTENSIONS_LOCK, lockForTransaction } from '../db/locks.ts';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { ToolkitError } from '../errors.ts';
 
+/** A tenant needs an extension (e.g. `vector`) that the server does not have: provisioning fails before the schema is made. */
 export class ExtensionUnavailableError extends ToolkitError {
   constructor(message: string, cause?: unknown) {
     super('E_EXTENSION_UNAVAILABLE', message, { cause });

@@ -16,6 +16,7 @@ import { TOOLKIT_VERSION } from '../version.ts';
 /** How many tenants an error group or a run lists by name; the rest are counted. */
 export const LISTED = 20;
 
+/** The data of `migrate:report`: versions, states, error groups, recent runs. */
 export interface FleetReport {
   readonly generatedAt: string;
   /** Host, port and database name; never a password. */
@@ -35,12 +36,14 @@ export interface FleetReport {
   readonly runs: readonly RunWithFailures[];
 }
 
+/** One version of the tenant folder and how many tenants stand at it. */
 export interface FleetVersion {
   readonly version: string;
   readonly count: number;
   readonly target: boolean;
 }
 
+/** Tenants failing with the same error, grouped for the fleet report. */
 export interface ErrorGroup {
   /** `provisioning` (status FAILED) or `migration` (the last deploy failed on it). */
   readonly kind: 'provisioning' | 'migration';
@@ -52,6 +55,7 @@ export interface ErrorGroup {
   readonly tenants: readonly { readonly orgId: string; readonly schema: string }[];
 }
 
+/** A recent ledger run, with the tenants it failed. */
 export interface RunWithFailures extends RunSummary {
   readonly failures: readonly { readonly orgId: string | null; readonly schema: string; readonly error: string }[];
 }

@@ -24,8 +24,10 @@ export const INIT_SCRIPTS = [
   'migrate:status',
 ] as const;
 
+/** The files `init` writes: TypeScript (`.ts`) or JavaScript (`.mjs`). */
 export type InitLanguage = 'ts' | 'js';
 
+/** Where and how `init` scaffolds a project. */
 export interface InitOptions {
   readonly cwd: string;
   /** Overwrite files that exist (never the project's package.json as a whole: only the scripts). */
@@ -46,6 +48,7 @@ export interface InitStep {
   readonly detail?: string;
 }
 
+/** What `init` wrote (or, with `dryRun`, would write), path by path. */
 export interface InitReport {
   readonly cwd: string;
   readonly language: InitLanguage;

@@ -28,11 +28,13 @@ export type OrgIdSource =
   | { readonly kind: 'list'; readonly orgIds: readonly string[] }
   | { readonly kind: 'query'; readonly sql: string };
 
+/** `dryRun`: report what would be adopted, write nothing. */
 export interface AdoptOptions {
   /** Read and decide only: nothing is written (reads run in a read-only transaction). */
   readonly dryRun?: boolean;
 }
 
+/** A schema registered by `tenants:adopt`, with the migrations its tracking table holds. */
 export interface AdoptedTenant {
   readonly orgId: string;
   readonly schema: string;
@@ -46,6 +48,7 @@ export interface AdoptedTenant {
 
 export type RefusalReason = 'schema-registered' | 'schema-claimed' | 'not-tracked';
 
+/** A schema `tenants:adopt` left alone, and why. */
 export interface RefusedTenant {
   readonly orgId: string;
   readonly schema: string;

@@ -47,7 +47,7 @@ describe('the public API', () => {
         for (const declaration of symbol.declarations ?? []) {
           const visit = (node: ts.Node): void => {
             if (ts.isBlock(node)) return; // bodies are not the surface
-            if (isHidden(node)) return;
+            if (isHidden(node)) return; // private members, and `@internal` ones (dropped from the .d.ts)
             const reference = referenceName(node);
             if (reference) {
               const target = checker.getSymbolAtLocation(reference);
@@ -71,6 +71,7 @@ describe('the public API', () => {
 });
 
 function isHidden(node: ts.Node): boolean {
+  if (ts.getJSDocTags(node).some((tag) => tag.tagName.text === 'internal')) return true;
   if (!ts.isPropertyDeclaration(node) && !ts.isMethodDeclaration(node)) return false;
   const modifiers = ts.getModifiers(node) ?? [];
   return (
