@@ -12,7 +12,7 @@ import { reasonForStatus, TenantNotFoundError, TenantUnavailableError } from './
 import {
   changedSettings,
   isRoleSwitchFailure,
-  SESSION_BEFORE_FROM,
+  SESSION_BEFORE_COLUMN,
   type SessionLeakEvent,
   TenantRoleError,
   transactionCheckingSession,
@@ -111,13 +111,13 @@ const SCOPE_COLUMNS = `set_config('search_path', ?, true) as search_path,
  * The scoping statement for a client's options. With tenant roles it also switches to the
  * tenant's role for this transaction (`set_config('role', …, true)` is `SET LOCAL ROLE`). It comes
  * last, and privileges are checked when a statement starts, so this statement may still read the
- * registry, which the tenant's role cannot. With the session check, it first reads the session's
- * settings (see isolation.ts).
+ * registry, which the tenant's role cannot. With the session check, its first column reads the
+ * session's settings before anything changes them (see isolation.ts).
  */
 function scopeSql(tenantRoles: boolean, checkSession: boolean): string {
   const role = tenantRoles ? `,\n       set_config('role', ?, true) as role` : '';
   return checkSession
-    ? `select before_callback.session_before, ${SCOPE_COLUMNS}${role}\n  ${SESSION_BEFORE_FROM}`
+    ? `select ${SESSION_BEFORE_COLUMN},\n       ${SCOPE_COLUMNS}${role}`
     : `select ${SCOPE_COLUMNS}${role}`;
 }
 

@@ -37,10 +37,13 @@ const SIGNATURE = `concat_ws(chr(31), current_user, ${WATCHED_SETTINGS.slice(1)
   .join(', ')})`;
 
 /**
- * The FROM clause of the scoping statement when the session is checked: its one row is computed
- * before the select list sets anything (`offset 0` keeps the planner from folding it into it).
+ * The first column of the scoping statement when the session is checked. A select list without
+ * FROM is evaluated left to right, so it reads the session's values before the `set_config`
+ * calls after it change them. (A FROM subquery fenced with `offset 0` says the same more
+ * explicitly but cost about 0.8 ms more per call when measured: planning.) The isolation test
+ * would see every call reported as a leak if this order ever changed.
  */
-export const SESSION_BEFORE_FROM = `from (select ${SIGNATURE} as session_before offset 0) before_callback`;
+export const SESSION_BEFORE_COLUMN = `${SIGNATURE} as session_before`;
 
 /** Sent after `COMMIT;` in the same simple-protocol query. */
 const SESSION_AFTER_SQL = `select ${SIGNATURE} as session_after`;
