@@ -101,8 +101,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 function asVariables(value: unknown, where: string): Record<string, string> {
-  if (!isRecord(value))
-    throw new ConfigError([`${where} must export an object of settings`]);
+  if (!isRecord(value)) throw new ConfigError([`${where} must export an object of settings`]);
   const problems: string[] = [];
   const variables: Record<string, string> = {};
   for (const [key, raw] of Object.entries(value)) {
