@@ -18,6 +18,7 @@ import { floor } from './variants/floor.ts';
 import { naive } from './variants/naive.ts';
 import { provision, provisionFloor } from './variants/provision.ts';
 import { report } from './variants/report.ts';
+import { runtime } from './variants/runtime.ts';
 import { startup } from './variants/startup.ts';
 import { toolkit } from './variants/toolkit.ts';
 import type { BenchContext, Measurement, Variant } from './variants/types.ts';
@@ -25,7 +26,7 @@ import type { BenchContext, Measurement, Variant } from './variants/types.ts';
 /** Interleaved and repeated, in this order rotated by one each round. */
 const ROUND: readonly Variant[] = [naive, toolkit, floor, costs, provision, provisionFloor];
 /** Built once (it is the large fleet); repeats happen inside it. */
-const ONCE: readonly Variant[] = [big, report, startup];
+const ONCE: readonly Variant[] = [big, report, startup, runtime];
 const ALL = [...ROUND, ...ONCE];
 
 const USAGE = `Usage: pnpm bench [--tenants N] [--big N] [--repeat R] [--provisions N] [--only ${ALL.map((v) => v.name).join(',')}] [--smoke] [--out FILE]

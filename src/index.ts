@@ -183,4 +183,14 @@ export {
   TenantUnavailableError,
   type TenantUnavailableReason,
 } from './runtime/errors.ts';
+export { type SessionLeakEvent, TenantRoleError } from './runtime/isolation.ts';
 export type { RefusalReason } from './tenants/adopt.ts';
+export {
+  AppRoleMissingError,
+  ensureTenantRole,
+  ensureTenantRoles,
+  type TenantRoleOutcome,
+  type TenantRoleResult,
+  type TenantRolesReport,
+  tenantRoleName,
+} from './tenants/roles.ts';

@@ -10,7 +10,18 @@ import { ROOT } from './helpers/engine.ts';
  * (timings are not asserted: benchmarks are not tests), else its refusal of the embedded engine.
  */
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
-const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'provision-floor', 'big', 'report', 'startup'];
+const VARIANTS = [
+  'naive',
+  'toolkit',
+  'floor',
+  'costs',
+  'provision',
+  'provision-floor',
+  'big',
+  'report',
+  'startup',
+  'runtime',
+];
 const METRICS = [
   'migrate.naive',
   'noop.naive',
@@ -34,6 +45,9 @@ const METRICS = [
   'startup.node',
   'startup.help',
   'startup.status',
+  'runtime.raw',
+  'runtime.checked',
+  'runtime.roles',
 ];
 const out = mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
 
