@@ -12,9 +12,13 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-const ENTRY = path.join(ROOT, 'src', 'cli', 'main.ts');
+// The built CLI, as the package's binary runs it (test/support/global-setup.ts builds it when the
+// sources are newer). TEST_CLI=source runs the sources through tsx instead, e.g. to debug.
+const FROM_SOURCE = process.env.TEST_CLI === 'source';
+const ENTRY = FROM_SOURCE ? path.join(ROOT, 'src', 'cli', 'main.ts') : path.join(ROOT, 'dist', 'bin', 'main.js');
 // `--import tsx` would resolve from the child's working folder; name the loader by path instead.
 const TSX = pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+const NODE_ARGS = FROM_SOURCE ? ['--import', TSX, ENTRY] : [ENTRY];
 // Run from an empty folder so that no developer's .env leaks into a test.
 const CWD = mkdtempSync(path.join(os.tmpdir(), 'cli-cwd-'));
 const SCRUBBED = [
@@ -29,14 +33,14 @@ const SCRUBBED = [
   'DEBUG',
 ];
 
-/** Starts the real CLI (`tsx src/cli/main.ts …`) as a child process with exactly this environment on top of PATH etc. */
+/** Starts the real CLI (the built `dist/bin/main.js …`) as a child process with exactly this environment on top of PATH etc. */
 export function startCli(args: readonly string[], env: Record<string, string>): ChildProcess {
   const base = Object.fromEntries(
     Object.entries(process.env).filter(
       ([k]) => !SCRUBBED.includes(k) && !k.startsWith('TENANT_') && !k.startsWith('MASTER_'),
     ),
   );
-  return spawn(process.execPath, ['--import', TSX, ENTRY, ...args], {
+  return spawn(process.execPath, [...NODE_ARGS, ...args], {
     cwd: CWD,
     env: { ...base, FORCE_COLOR: '0', NO_COLOR: '1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -14,10 +14,11 @@ function newest(dir: string): number {
   return time;
 }
 
-/** Builds the package (`pnpm build`) unless dist/ is newer than every source file. */
+/** Builds the package (`pnpm build`) unless dist/ is newer than every file it is built from. */
 export function ensureBuilt(): void {
   const bundle = path.join(ROOT, 'dist', 'bin', 'main.js');
-  if (existsSync(bundle) && statSync(bundle).mtimeMs >= newest(path.join(ROOT, 'src'))) return;
+  const sources = Math.max(newest(path.join(ROOT, 'src')), newest(path.join(ROOT, 'master-migrations')));
+  if (existsSync(bundle) && statSync(bundle).mtimeMs >= sources) return;
   execFileSync(process.execPath, ['--import', 'tsx', 'scripts/build.mjs'], { cwd: ROOT, stdio: 'pipe' });
 }
 
