@@ -1,13 +1,15 @@
 /**
  * A ready-to-copy Clerk integration on a plain `node:http` server:
  *
- * - `POST /webhooks/clerk`: Clerk's `organization.created` webhook, its signature verified by
- *   Clerk's SDK, provisions the organisation's schema with `provisionTenant(orgId)`.
+ * - `POST /webhooks/clerk`: Clerk's `organization.created` and `organization.deleted` webhooks,
+ *   their signature verified by Clerk's SDK: creation provisions the organisation's schema with
+ *   `provisionTenant(orgId)`, deletion archives it (`toolkit.archiveTenant(orgId)`: no longer
+ *   served, data kept until an operator runs `tenant:drop`; see docs/lifecycle.md).
  * - `GET /api/settings`: a tenant-scoped request through `withTenant`, the org id taken from the
- *   signed-in user's Clerk session; unknown tenants answer 404, unavailable ones 503.
+ *   signed-in user's Clerk session; unknown tenants answer 404, archived ones 410, unavailable ones 503.
  *
- * Run it (Clerk Dashboard → Webhooks → add the endpoint, subscribe to `organization.created`,
- * copy its signing secret):
+ * Run it (Clerk Dashboard → Webhooks → add the endpoint, subscribe to `organization.created` and
+ * `organization.deleted`, copy its signing secret):
  *
  *   CLERK_WEBHOOK_SIGNING_SECRET=whsec_… CLERK_SECRET_KEY=sk_… CLERK_PUBLISHABLE_KEY=pk_… \
  *   DATABASE_URL=postgres://… pnpm exec tsx examples/clerk-webhook.ts
@@ -72,11 +74,16 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
 /**
  * `POST /webhooks/clerk`. Answers 400 to a request Clerk did not sign, 200 once the schema is
  * ACTIVE (or for events it does not handle), and 500 when provisioning failed: Clerk's
- * webhooks (Svix) then retry with backoff, and provisioning is idempotent and resumes.
+ * webhooks (Svix) then retry with backoff, and provisioning is idempotent and resumes. On
+ * `organization.deleted` it archives the tenant and answers 200 (also on a redelivery, and for
+ * an org that was never provisioned: there is nothing to keep from serving); `tenants`, when
+ * given, forgets the org at once in this process (other processes refuse it anyway: the
+ * scoping statement re-reads the status in every transaction).
  */
 export function clerkWebhookHandler(options: {
   toolkit: Toolkit;
   signingSecret: string;
+  tenants?: TenantClient;
   log?: (line: string) => void;
 }): Handler {
   const log = options.log ?? ((line: string) => console.error(line));
@@ -88,6 +95,7 @@ export function clerkWebhookHandler(options: {
       if (error instanceof BodyTooLargeError) return send(res, 413, { error: 'payload too large' });
       return send(res, 400, { error: 'webhook verification failed' });
     }
+    if (event.type === 'organization.deleted') return archiveOnDelete({ ...options, log }, event.data.id, res);
     if (event.type !== 'organization.created') return send(res, 200, { ignored: event.type });
 
     const orgId = event.data.id;
@@ -105,6 +113,27 @@ export function clerkWebhookHandler(options: {
       return send(res, permanent ? 400 : 500, { error: messageOf(error) });
     }
   };
+}
+
+/** `organization.deleted`: archive, never drop (an operator decides that, with a dump). */
+async function archiveOnDelete(
+  options: { toolkit: Toolkit; tenants?: TenantClient; log: (line: string) => void },
+  orgId: string | undefined,
+  res: http.ServerResponse,
+): Promise<void> {
+  if (orgId === undefined) return send(res, 200, { ignored: 'organization.deleted without an id' });
+  try {
+    const report = await options.toolkit.archiveTenant(orgId);
+    options.tenants?.invalidate(orgId);
+    return send(res, 200, { orgId, schema: report.schema, outcome: report.outcome });
+  } catch (error) {
+    // Never provisioned (or a malformed id), or dropped already: nothing is served, nothing to retry.
+    if (error instanceof ToolkitError && (error.exitCode === 2 || error.code === 'E_TENANT_DELETED')) {
+      return send(res, 200, { orgId, outcome: 'nothing-to-archive', reason: messageOf(error) });
+    }
+    options.log(`archiving ${orgId} failed: ${messageOf(error)}`);
+    return send(res, 500, { error: messageOf(error) });
+  }
 }
 
 /** Finds the org of a request; null when it has no signed-in session with an active organisation. */
@@ -157,7 +186,11 @@ export async function main(env: NodeJS.ProcessEnv = process.env): Promise<http.S
     migrations: folderSource(config.tenantMigrationsDir),
     onLazyMigrationError: (e) => console.error(`lazy migration of ${e.orgId} failed: ${e.error?.message}`),
   });
-  const webhook = clerkWebhookHandler({ toolkit, signingSecret: required(env, 'CLERK_WEBHOOK_SIGNING_SECRET') });
+  const webhook = clerkWebhookHandler({
+    toolkit,
+    tenants,
+    signingSecret: required(env, 'CLERK_WEBHOOK_SIGNING_SECRET'),
+  });
   const settings = settingsHandler({
     tenants,
     orgOf: clerkSessionOrg({

@@ -8,6 +8,7 @@ import type { Migration } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
 import { readApplied } from '../migrations/tracking.ts';
 import { failureOf, migrateSchema, type RunFailure, type RunSettings } from '../migrations/unit.ts';
+import { TenantArchivedError, TenantDeletedError } from '../runtime/errors.ts';
 import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
 import {
   changeLabels,
@@ -83,7 +84,8 @@ export class OrphanSchemaError extends ToolkitError {
  * one (as Knex runs them): a failure leaves the schema with the steps that committed, the tenant
  * FAILED naming the migration, and provisioning again continues from there. Concurrent calls for
  * one org queue on the lock and all return the same schema. Throws only for bad input
- * (UsageError) and a missing registry.
+ * (UsageError), a missing registry, and an org id that is ARCHIVED (TenantArchivedError: restore
+ * it) or DELETED (TenantDeletedError, E_TENANT_DELETED: never provisioned again).
  */
 export async function provision(knex: Knex, orgId: string, options: ProvisionOptions): Promise<ProvisionReport> {
   const started = Date.now();
@@ -99,6 +101,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
     memo.capabilities.forget();
     throw new RegistryMissingError();
   });
+  refuseRetired(tenant);
   const result = (
     outcome: ProvisionReport['outcome'],
     migrations: readonly string[],
@@ -155,6 +158,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
     return fail(failureOf(error), []);
   }
   let activeMeanwhile = false;
+  let retiredMeanwhile: Tenant | undefined;
   const run = await migrateSchema(
     { knex, migrations: options.migrations, settings: options.settings, books },
     tenantTarget(tenant.schema),
@@ -164,8 +168,14 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
       hint: [],
       prepare: async (conn) => {
         // A concurrent provisioner may have finished while we waited for the lock.
-        if ((await findTenantByOrgId(conn, orgId))?.status === 'ACTIVE') {
+        const now = await findTenantByOrgId(conn, orgId);
+        if (now?.status === 'ACTIVE') {
           activeMeanwhile = true;
+          return false;
+        }
+        // Archived (e.g. organization.deleted) while we waited: never brought back by a provisioning.
+        if (now && isRetired(now.status)) {
+          retiredMeanwhile = now;
           return false;
         }
         await conn.raw('create schema if not exists ??', [tenant.schema]);
@@ -177,6 +187,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
     },
   );
   if (activeMeanwhile) return alreadyActive();
+  if (retiredMeanwhile) refuseRetired(retiredMeanwhile);
   if (run.error) {
     // A remembered table that is gone (a rolled-back master migration): look again next time.
     if (isUndefinedObject(run.error.code)) memo.capabilities.forget();
@@ -213,6 +224,7 @@ async function preflight(
     durationMs: Date.now() - started,
     error,
   });
+  if (existing) refuseRetired(existing);
   if (existing?.status === 'ACTIVE') return result('already-active', [], null);
   const books = new RunBooks({
     knex,
@@ -253,6 +265,19 @@ async function freeName(knex: Knex, orgId: string): Promise<string> {
     return schema;
   }
   throw new ToolkitError('E_NAME_EXHAUSTED', `Every schema name derived from ${orgId} is registered to another org`);
+}
+
+function isRetired(status: string): boolean {
+  return status === 'ARCHIVED' || status === 'DELETED';
+}
+
+/**
+ * An ARCHIVED org is brought back by `tenant:restore`, never by a provisioning (a redelivered
+ * `organization.created`); a DELETED one is never provisioned again (E_TENANT_DELETED).
+ */
+function refuseRetired(tenant: Tenant): void {
+  if (tenant.status === 'DELETED') throw new TenantDeletedError(tenant.orgId, tenant.schema);
+  if (tenant.status === 'ARCHIVED') throw new TenantArchivedError(tenant.orgId, tenant.schema);
 }
 
 function isUndefinedObject(code: string | null): boolean {

@@ -8,7 +8,7 @@ import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { findTenantByOrgId } from '../tenants/registry.ts';
 import { tenantRoleName } from '../tenants/roles.ts';
 import { ExpiringLru } from './cache.ts';
-import { reasonForStatus, TenantNotFoundError, TenantUnavailableError } from './errors.ts';
+import { notServedError, TenantNotFoundError, TenantUnavailableError } from './errors.ts';
 import {
   changedSettings,
   isRoleSwitchFailure,
@@ -79,9 +79,10 @@ export interface TenantClient {
   /**
    * Runs `cb` in a transaction whose search_path is the tenant's schema then `public`, for that
    * transaction only, and commits (or rolls back if `cb` throws, rethrowing its error). Throws
-   * TenantNotFoundError or TenantUnavailableError, without running `cb`, for an org that is not
-   * registered, not ACTIVE, or whose schema is missing. Do not call it again inside `cb`: on a
-   * pool of one connection the inner call would wait for the outer one forever.
+   * TenantNotFoundError, TenantArchivedError (ARCHIVED or DELETED) or TenantUnavailableError,
+   * without running `cb`, for an org that is not registered, not ACTIVE, or whose schema is
+   * missing. Do not call it again inside `cb`: on a pool of one connection the inner call would
+   * wait for the outer one forever.
    */
   withTenant<T>(orgId: string, cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>): Promise<T>;
   /** Drops one org (or every org) from the lookup cache, e.g. from an `organization.deleted` webhook. */
@@ -156,8 +157,7 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     counters.lookups++;
     const row = await registryQuery(() => findTenantByOrgId(knex, orgId));
     if (!row) throw new TenantNotFoundError(orgId);
-    if (row.status !== 'ACTIVE')
-      throw new TenantUnavailableError(orgId, row.schema, row.status, reasonForStatus(row.status));
+    if (row.status !== 'ACTIVE') throw notServedError(orgId, row.schema, row.status);
     // A hand-edited row pointing at `public` (or anything not derived) is never routed to.
     if (!isTenantSchemaName(row.schema))
       throw new TenantUnavailableError(orgId, row.schema, row.status, 'schema-invalid');
@@ -204,7 +204,8 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     }
     if (row.status !== 'ACTIVE') {
       cache.delete(tenant.orgId);
-      throw new TenantUnavailableError(tenant.orgId, tenant.schema, row.status, reasonForStatus(row.status));
+      // ARCHIVED or DELETED since it was cached: TenantArchivedError at once, whatever the cache's TTL.
+      throw notServedError(tenant.orgId, tenant.schema, row.status);
     }
     if (!row.schema_exists) {
       cache.delete(tenant.orgId);

@@ -12,7 +12,7 @@ export type TenantUnavailableReason = 'provisioning' | 'failed' | 'inactive' | '
  */
 export abstract class TenantAccessError extends ToolkitError {
   readonly orgId: string;
-  abstract readonly httpStatus: 404 | 503;
+  abstract readonly httpStatus: 404 | 410 | 503;
 
   constructor(code: string, orgId: string, message: string) {
     super(code, message);
@@ -47,6 +47,48 @@ export class TenantUnavailableError extends TenantAccessError {
     this.schema = schema;
     this.status = status;
   }
+}
+
+/**
+ * The tenant is ARCHIVED (`tenant:archive`: not served, schema and data kept until `tenant:restore`)
+ * or, as the subclass TenantDeletedError, DELETED (`tenant:drop`): usually a 410 Gone. The
+ * scoping statement re-reads the status in every transaction, so a cached entry never serves an
+ * archived tenant. The provisioner refuses such an org id with the same errors.
+ */
+export class TenantArchivedError extends TenantAccessError {
+  readonly httpStatus = 410 as const;
+  readonly schema: string;
+  /** `ARCHIVED`, or `DELETED` for a TenantDeletedError. */
+  readonly status: 'ARCHIVED' | 'DELETED';
+
+  constructor(orgId: string, schema: string, status: 'ARCHIVED' | 'DELETED' = 'ARCHIVED') {
+    super(
+      status === 'DELETED' ? 'E_TENANT_DELETED' : 'E_TENANT_ARCHIVED',
+      orgId,
+      status === 'DELETED'
+        ? `Tenant ${orgId} (${schema}) was deleted: its schema was dropped and the org id is never reused`
+        : `Tenant ${orgId} (${schema}) is archived: it is not served until \`tenant:restore\` brings it back`,
+    );
+    this.schema = schema;
+    this.status = status;
+  }
+}
+
+/** The tenant was dropped (`tenant:drop`); its row is kept for audit and its org id is never provisioned again. */
+export class TenantDeletedError extends TenantArchivedError {
+  constructor(orgId: string, schema: string) {
+    super(orgId, schema, 'DELETED');
+  }
+}
+
+/**
+ * The error for a tenant that is registered with a status other than ACTIVE: TenantArchivedError
+ * (or TenantDeletedError) for ARCHIVED and DELETED, TenantUnavailableError for the others.
+ */
+export function notServedError(orgId: string, schema: string, status: string): TenantAccessError {
+  if (status === 'ARCHIVED') return new TenantArchivedError(orgId, schema);
+  if (status === 'DELETED') return new TenantDeletedError(orgId, schema);
+  return new TenantUnavailableError(orgId, schema, status, reasonForStatus(status));
 }
 
 /** The reason for a registry status other than ACTIVE. */

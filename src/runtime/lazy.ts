@@ -99,6 +99,9 @@ export class LazyMigrator {
       const report = await migrateSchema({ knex, migrations, settings, books }, tenantTarget(tenant.schema), {
         intent: UP,
         tenant: who,
+        // Under the tenant's lock: a tenant archived (or dropped) since it was looked up is left
+        // alone; the request is then refused by the scoping statement (TenantArchivedError).
+        prepare: (conn) => stillActive(conn, tenant.schema),
       });
       if (report.migrations.length > 0) await books.close().catch(() => undefined);
       // Never a dry-run here, so never a `would-*` outcome.
@@ -135,6 +138,12 @@ export class LazyMigrator {
   clear(): void {
     this.#runs.clear();
   }
+}
+
+/** Whether the tenant of `schema` is still ACTIVE (read under its lock, by the unit's `prepare`). */
+async function stillActive(conn: Knex | Knex.Transaction, schema: string): Promise<boolean> {
+  const result = await conn.raw('select status from public.tenants where schema_name = ?', [schema]);
+  return (result.rows[0] as { status?: string } | undefined)?.status === 'ACTIVE';
 }
 
 function report(hook: (event: LazyMigrationEvent) => void, event: LazyMigrationEvent): void {

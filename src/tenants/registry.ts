@@ -1,7 +1,11 @@
 import type { Knex } from 'knex';
 import { RegistryMissingError, UsageError } from '../errors.ts';
 
-export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED'] as const;
+/**
+ * The lifecycle (docs/lifecycle.md): PROVISIONING → ACTIVE ↔ ARCHIVED → DELETED, FAILED → retry.
+ * ARCHIVED and DELETED need master migration `20261202000011_tenant_lifecycle_statuses`.
+ */
+export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED', 'ARCHIVED', 'DELETED'] as const;
 export type TenantStatus = (typeof TENANT_STATUSES)[number];
 
 /** One row of `public.tenants`. `status` is a string because rows can be edited by hand. */
@@ -124,13 +128,14 @@ export async function setTenantStatus(
 }
 
 /**
- * Marks a tenant FAILED with the reason, unless it is ACTIVE: an error met after the schema
- * transaction committed (a lost COMMIT reply, bookkeeping) must not fail a complete tenant.
+ * Marks a tenant FAILED with the reason, only while it is being provisioned (PROVISIONING or
+ * FAILED): an error met after the schema transaction committed (a lost COMMIT reply,
+ * bookkeeping) must not fail a complete tenant, nor one archived meanwhile.
  */
 export async function markTenantFailed(knex: Knex | Knex.Transaction, orgId: string, reason: string): Promise<void> {
   await table(knex)
     .where(COLUMNS.orgId, orgId)
-    .whereNot(COLUMNS.status, 'ACTIVE')
+    .whereIn(COLUMNS.status, ['PROVISIONING', 'FAILED'])
     .update({ [COLUMNS.status]: 'FAILED', [COLUMNS.error]: reason, updated_at: knex.fn.now() });
 }
 

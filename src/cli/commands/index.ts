@@ -3,6 +3,7 @@ import { registerAdopt } from './adopt.ts';
 import { registerDemo } from './demo.ts';
 import { registerFleet } from './fleet.ts';
 import { registerInit } from './init.ts';
+import { registerLifecycle } from './lifecycle.ts';
 import { registerLint } from './lint.ts';
 import { registerMake } from './make.ts';
 import { registerMaster } from './master.ts';
@@ -29,6 +30,7 @@ export const COMMANDS: readonly ((program: Command) => void)[] = [
   registerLabel,
   registerFleet,
   registerAdopt,
+  registerLifecycle,
   registerRoles,
   registerMigrate,
   registerLint,
