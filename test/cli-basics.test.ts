@@ -20,6 +20,7 @@ const MASTER_NAMES = [
   '20261202000002_tenant_labels.ts',
   '20261202000003_tracking_trigger.ts',
   '20261202000010_ledger_tenants_run.ts',
+  '20261202000011_tenant_lifecycle_statuses.ts',
 ];
 const STACK = /^\s+at /m;
 
