@@ -65,5 +65,13 @@ function causeChain(error: unknown): string {
   return text;
 }
 
+// `tenant-migrate status | head`: once the reader is gone, output is dropped and the command
+// finishes its work (a deploy must not stop half way because nobody reads its log any more).
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
+}
+
 const code = await main(process.argv.slice(2));
 process.exitCode = code;
