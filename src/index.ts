@@ -160,15 +160,22 @@ export async function provisionTenant(
   }
 }
 
+export type { DumpResult } from './db/pg-dump.ts';
+export { PgDumpFailedError, PgDumpUnavailableError } from './db/pg-dump.ts';
 // Types that the exports above mention, so that users can name them.
-export type { RunTask } from './fleet/task.ts';
+export type { RunTask, TaskResult } from './fleet/task.ts';
 export type { Retention } from './ledger/ledger.ts';
 export type { LintFileStatus } from './lint/lint.ts';
 export { RULE_NAMES } from './lint/rules.ts';
-export type { DriftGroup } from './migrations/drift.ts';
+export type { DriftGroup, DriftOutlier, ObjectDiff, TenantRef } from './migrations/drift.ts';
 export type { AppliedVersion } from './migrations/status.ts';
 export type { MigrationStatus } from './migrations/unit.ts';
-export type { ProvisionMemo } from './provisioning/provisioner.ts';
+export {
+  type LifecycleOutcome,
+  type LifecycleReport,
+  TenantStatusError,
+} from './provisioning/lifecycle.ts';
+export type { RetryOptions, RetryOutcome, RetryReport, RetryTenantReport } from './provisioning/retry.ts';
 export {
   createTenantClient,
   type LazyMigrationEvent,
@@ -179,6 +186,8 @@ export {
 } from './runtime/client.ts';
 export {
   TenantAccessError,
+  TenantArchivedError,
+  TenantDeletedError,
   TenantNotFoundError,
   TenantUnavailableError,
   type TenantUnavailableReason,

@@ -44,6 +44,7 @@ export interface PgDumpTool {
   readonly major: number;
 }
 
+/** The file `pg_dump` wrote before a drop, and its size. */
 export interface DumpResult {
   readonly file: string;
   readonly bytes: number;

@@ -36,6 +36,7 @@ export interface TaskResult {
   readonly statements: number;
 }
 
+/** A `tenants:run` file, loaded once before any tenant: SQL statements or a module's `run`. */
 export interface RunTask {
   readonly kind: 'sql' | 'module';
   /** The file as given, made absolute. */

@@ -11,6 +11,7 @@ export type LintScope = 'tenant' | 'master';
 /** An error fails `migrate:lint`; a warning is shown only. */
 export type Severity = 'error' | 'warning';
 
+/** Every lint rule's name, as `-- tenant-migrate-lint-disable <rule>` names it. */
 export const RULE_NAMES = [
   'schema-qualified',
   'search-path',

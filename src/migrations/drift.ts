@@ -31,6 +31,7 @@ export interface ObjectDiff {
   readonly majority?: string;
 }
 
+/** A tenant named in a drift report: org id and schema. */
 export interface TenantRef {
   readonly orgId: string;
   readonly schema: string;
@@ -44,6 +45,7 @@ export interface DriftOutlier {
   readonly diff: readonly ObjectDiff[] | null;
 }
 
+/** Tenants at one version: the fingerprint most of them share, and the outliers whose schema differs. */
 export interface DriftGroup {
   readonly version: AppliedVersion;
   readonly tenants: number;

@@ -55,6 +55,7 @@ export interface RunSettings {
   readonly escapeGuard?: boolean;
 }
 
+/** What happened to one migration of a schema run. */
 export type MigrationStatus = 'Success' | 'Error' | 'NotExecuted';
 
 /** One migration of a schema run: succeeded, failed, not executed (after a failure), or not checked (a dry run's non-transactional step). */

@@ -36,8 +36,10 @@ export function provisionMemo(): ProvisionMemo {
   return { capabilities: new CapabilityMemo() };
 }
 
+/** What `provision` needs: the tenant migrations, extensions, run settings, and optional labels, dry run and tenant role. */
 export interface ProvisionOptions {
   readonly migrations: readonly Migration[];
+  /** @internal What a long-lived caller remembers between calls (the toolkit passes its own). */
   readonly memo?: ProvisionMemo;
   /** Extensions to make sure of in `public` before migrating (default config: `vector`). */
   readonly extensions: readonly string[];
@@ -50,6 +52,7 @@ export interface ProvisionOptions {
   readonly tenantRoles?: { readonly appRole: string };
 }
 
+/** What `provisionTenant` did for one organisation: its schema, the outcome, the migrations applied. */
 export interface ProvisionReport {
   readonly orgId: string;
   readonly schema: string;

@@ -20,6 +20,7 @@ import type { ProvisionReport } from './provisioner.ts';
 
 export type RetryOutcome = 'provisioned' | 'already-active' | 'failed' | 'in-progress';
 
+/** One tenant of `tenants:retry`: provisioned, still failing, or left alone because its provisioning is running. */
 export interface RetryTenantReport {
   readonly orgId: string;
   readonly schema: string;
@@ -32,12 +33,14 @@ export interface RetryTenantReport {
   readonly durationMs: number;
 }
 
+/** What `tenants:retry` did: one report per FAILED or crashed tenant, and totals. */
 export interface RetryReport {
   readonly tenants: readonly RetryTenantReport[];
   readonly totals: Readonly<Record<RetryOutcome, number>> & { readonly total: number };
   readonly durationMs: number;
 }
 
+/** Which tenants `tenants:retry` takes up, and how many at once. */
 export interface RetryOptions {
   /** Tenants provisioned at once (default 4, at most the pool size). */
   readonly concurrency?: number;

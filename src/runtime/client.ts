@@ -22,6 +22,7 @@ import { type LazyMigrationEvent, LazyMigrator } from './lazy.ts';
 
 export type { LazyMigrationEvent, SessionLeakEvent };
 
+/** How `createTenantClient` serves tenants: the shared pool, lazy migration, the lookup cache, roles and the session check. */
 export interface TenantClientOptions {
   /** The application's one shared pool. The client never closes it. */
   readonly knex: Knex;
@@ -61,6 +62,7 @@ export interface TenantScope {
   readonly schema: string;
 }
 
+/** Counters of a tenant client since it was created (`stats()`). */
 export interface TenantClientStats {
   /** Tenants in the lookup cache now. */
   readonly cached: number;

@@ -14,6 +14,7 @@ export const TOOLKIT_MASTER_MIGRATIONS = [
   '20261202000002_tenant_labels',
   '20261202000003_tracking_trigger',
   '20261202000010_ledger_tenants_run',
+  '20261202000011_tenant_lifecycle_statuses',
 ] as const;
 
 /** The package scripts `init` adds, each a call of the binary. */

@@ -46,6 +46,7 @@ export interface AdoptedTenant {
   readonly notInFolder: readonly string[];
 }
 
+/** Why `tenants:adopt` left a schema alone. */
 export type RefusalReason = 'schema-registered' | 'schema-claimed' | 'not-tracked';
 
 /** A schema `tenants:adopt` left alone, and why. */

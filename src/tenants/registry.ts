@@ -6,6 +6,7 @@ import { RegistryMissingError, UsageError } from '../errors.ts';
  * ARCHIVED and DELETED need master migration `20261202000011_tenant_lifecycle_statuses`.
  */
 export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED', 'ARCHIVED', 'DELETED'] as const;
+/** A registry status: `PROVISIONING` → `ACTIVE` ↔ `ARCHIVED` → `DELETED`, and `FAILED` (retried by `tenants:retry`). */
 export type TenantStatus = (typeof TENANT_STATUSES)[number];
 
 /** One row of `public.tenants`. `status` is a string because rows can be edited by hand. */
@@ -62,6 +63,7 @@ export async function assertRegistry(knex: Knex | Knex.Transaction): Promise<voi
   if (!result.rows[0]?.present) throw new RegistryMissingError();
 }
 
+/** The registry row of one organisation, or undefined when it is not registered. */
 export async function findTenantByOrgId(knex: Knex | Knex.Transaction, orgId: string): Promise<Tenant | undefined> {
   const row = await select(knex).where(COLUMNS.orgId, orgId).first();
   return row ? toTenant(row) : undefined;

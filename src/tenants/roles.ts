@@ -97,6 +97,7 @@ export interface TenantRoleResult {
   readonly error: string | null;
 }
 
+/** What `tenants:roles` did: one result per tenant. */
 export interface TenantRolesReport {
   readonly appRole: string;
   readonly tenants: readonly TenantRoleResult[];
