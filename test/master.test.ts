@@ -35,6 +35,7 @@ describe('master migrations', () => {
       '20261202000002_tenant_labels.ts',
       '20261202000003_tracking_trigger.ts',
       '20261202000010_ledger_tenants_run.ts',
+      '20261202000011_tenant_lifecycle_statuses.ts',
     ]);
     expect(await tables()).toEqual(
       expect.arrayContaining([
@@ -73,7 +74,7 @@ describe('master migrations', () => {
   it('rolls back the last batch, then migrates again', async () => {
     const down = await tk.rollbackMaster();
     expect(down.error).toBeNull();
-    expect(down.migrations).toHaveLength(7);
+    expect(down.migrations).toHaveLength(8);
     expect(await tables()).not.toContain('tenants');
     const count = await tk.knex('knex_migrations_master').withSchema('public').count<{ count: string }[]>('* as count');
     expect(Number(count[0]!.count)).toBe(0);
