@@ -9,6 +9,8 @@ import type { Measurement, Variant } from './types.ts';
 /** Tenants the calls are spread over, and calls per mode and round. */
 const TENANTS = 50;
 const ROUNDS = 5;
+/** `--smoke`: enough to check the variant works. */
+const SMOKE = { tenants: 10, rounds: 1 };
 
 type Mode = 'raw' | 'unchecked' | 'checked' | 'roles';
 
@@ -30,6 +32,9 @@ export const runtime: Variant = {
   run: (ctx) =>
     withFreshDatabase(ctx.server, 'runtime', async (database): Promise<Measurement[]> => {
       await migrateMaster(ctx.server, database);
+      const smoke = ctx.big <= 1000;
+      const tenants = smoke ? SMOKE.tenants : TENANTS;
+      const rounds = smoke ? SMOKE.rounds : ROUNDS;
       const run = `${process.pid.toString(36)}${Date.now().toString(36)}`;
       const appRole = `bench_app_${run}`;
       // On the server's own database: it must outlive the bench database to drop the roles.
@@ -42,7 +47,7 @@ export const runtime: Variant = {
         const toolkit = await openToolkit(
           ctx.server.configFor(database, { ...benchOverrides(), TENANT_ROLES: 'on', TENANT_APP_ROLE: appRole }),
         );
-        const orgIds = Array.from({ length: TENANTS }, (_, i) => `org_rt_${run}_${i}`);
+        const orgIds = Array.from({ length: tenants }, (_, i) => `org_rt_${run}_${i}`);
         try {
           for (const orgId of orgIds) {
             const report = await toolkit.provisionTenant(orgId);
@@ -52,14 +57,14 @@ export const runtime: Variant = {
         } finally {
           await toolkit.close();
         }
-        const calls = Math.max(200, ctx.provisions * 10);
+        const calls = smoke ? 50 : Math.max(200, ctx.provisions * 10);
         const clients: Record<Exclude<Mode, 'raw'>, TenantClient> = {
           unchecked: createTenantClient({ knex, checkSession: false }),
           checked: createTenantClient({ knex }),
           roles: createTenantClient({ knex, tenantRoles: true }),
         };
         const one = async (mode: Mode, i: number): Promise<void> => {
-          const k = i % TENANTS;
+          const k = i % tenants;
           if (mode === 'raw') return raw(knex, schemas[k]!);
           await clients[mode].withTenant(orgIds[k]!, (trx) => trx.raw('select count(*) from users'));
         };
@@ -72,14 +77,14 @@ export const runtime: Variant = {
         ] as const) {
           const values: Record<Mode, number[]> = { raw: [], unchecked: [], checked: [], roles: [] };
           for (const mode of modes) await batch(calls / 4, workers, (i) => one(mode, i)); // warm-up
-          for (let r = 0; r < ROUNDS; r++) {
+          for (let r = 0; r < rounds; r++) {
             for (let m = 0; m < modes.length; m++) {
               const mode = modes[(m + r) % modes.length]!;
               values[mode].push(await batch(calls, workers, (i) => one(mode, i)));
             }
           }
           for (const mode of modes)
-            results.push({ metric: `runtime.${mode}${suffix}`, unit: 'ms', tenants: TENANTS, values: values[mode] });
+            results.push({ metric: `runtime.${mode}${suffix}`, unit: 'ms', tenants, values: values[mode] });
         }
         return results;
       } finally {
