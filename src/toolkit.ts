@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { resolveCitus, schemaNodes } from './citus/citus.ts';
 import type { ToolkitConfig } from './config/config.ts';
 import { type OpenOptions, openDatabase } from './db/connection.ts';
 import { prepareDump } from './db/pg-dump.ts';
@@ -47,6 +48,11 @@ export interface Toolkit {
   readonly location: string;
   /** @deprecated Use `location`. */
   readonly describe: string;
+  /**
+   * Whether Citus mode is on (`CITUS`; `auto` detects the extension): asked of the database once
+   * per toolkit. Throws CitusUnavailableError when CITUS=on cannot be served, or for a worker node.
+   */
+  citus(): Promise<boolean>;
   /** Applies pending master migrations (`dryRun`: runs them in a transaction and rolls back). */
   migrateMaster(options?: { dryRun?: boolean }): Promise<SchemaRunReport>;
   rollbackMaster(options?: { all?: boolean }): Promise<SchemaRunReport>;
@@ -127,6 +133,13 @@ export function createToolkit(options: {
   };
   const memo = provisionMemo();
   const location = options.location ?? 'the configured database';
+  let citusMode: Promise<boolean> | undefined;
+  const citus = (): Promise<boolean> => {
+    citusMode ??= resolveCitus(knex, config.citus);
+    // A failed probe (e.g. the server was down) is asked again next time.
+    citusMode.catch(() => (citusMode = undefined));
+    return citusMode;
+  };
 
   /** A fan-out: capabilities probed for this run only, checksums verified before any tenant. */
   const fanout = async (
@@ -148,6 +161,7 @@ export function createToolkit(options: {
     tenantSource,
     location,
     describe: location,
+    citus,
     migrateMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'up', o),
     rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'down', o),
     provisionTenant: async (orgId, o = {}) =>
@@ -159,6 +173,7 @@ export function createToolkit(options: {
         ...(config.tenantRoles ? { tenantRoles: { appRole: config.tenantAppRole } } : {}),
         ...(o.labels ? { labels: o.labels } : {}),
         ...(o.dryRun ? { dryRun: true } : {}),
+        ...((await citus()) ? { citus: true } : {}),
       }),
     labelTenant: async (orgId, labels, o = {}) => {
       validateOrgId(orgId);
@@ -187,13 +202,14 @@ export function createToolkit(options: {
     status: async (o = {}) => {
       const versions = new Map<string, AppliedVersion>();
       // Names only: status evaluates no migration file (and loads no TypeScript loader for them).
-      const report = await collectStatus(knex, await listMigrations(masterSource), await listMigrations(tenantSource), {
+      let report = await collectStatus(knex, await listMigrations(masterSource), await listMigrations(tenantSource), {
         parallel: Math.min(4, poolMax),
         verify: o.verify ?? false,
         ...(o.drift ? { onVersion: (schema: string, v: AppliedVersion) => versions.set(schema, v) } : {}),
       });
       const capabilities = await probeCapabilities(knex);
       const ledger = capabilities.ledger ? await ledgerStatus(knex) : null;
+      if (await citus()) report = await withNodes(knex, report);
       if (!o.drift) return { ...report, ledger };
       const orgIds = new Map(report.tenants.map((t) => [t.schema, t.orgId]));
       const drift = await collectDrift(knex, versions, (schema) => orgIds.get(schema) ?? '');
@@ -237,6 +253,15 @@ export function createToolkit(options: {
     close: options.close ?? (async () => undefined),
   };
   return toolkit;
+}
+
+/** Citus mode: each tenant's row names its node (`host:port`; null when its schema is not distributed). */
+async function withNodes(knex: Knex, report: StatusReport): Promise<StatusReport> {
+  const nodes = await schemaNodes(
+    knex,
+    report.tenants.map((t) => t.schema),
+  );
+  return { ...report, tenants: report.tenants.map((t) => ({ ...t, node: nodes.get(t.schema) ?? null })) };
 }
 
 /** The options as the ledger records them: what was asked, not the callbacks. */

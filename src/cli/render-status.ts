@@ -127,10 +127,13 @@ export function tenantLines(tenants: readonly TenantStatusRow[], view: StatusVie
   const shown = STATE_ORDER.filter((state) => !(hideUpToDate && state === 'up-to-date'));
   const rows = shown.flatMap((state) => groups.get(state) ?? []);
   const lines: string[] = [];
+  // Citus mode: the rows name each tenant's node, shown after its schema.
+  const nodes = rows.some((t) => t.node !== undefined);
   if (rows.length > 0) {
+    const headers = ['ORG ID', 'SCHEMA', 'STATUS', 'APPLIED', 'PENDING', 'NEXT', 'STATE', 'ERROR'];
     const [header, ...body] = table(
-      ['ORG ID', 'SCHEMA', 'STATUS', 'APPLIED', 'PENDING', 'NEXT', 'STATE', 'ERROR'],
-      rows.map((t) => tenantCells(t, view)),
+      nodes ? withNode(headers, 'NODE') : headers,
+      rows.map((t) => (nodes ? withNode(tenantCells(t, view), t.node ?? '-') : tenantCells(t, view))),
     );
     lines.push(header!);
     let at = 0;
@@ -175,6 +178,11 @@ export function tenantCells(t: TenantStatusRow, view: StatusView = {}): string[]
     colourState(t.state),
     view.long ? error : cut(firstLine(error), ERROR_WIDTH),
   ];
+}
+
+/** The cells with the node's after the schema's. */
+function withNode(cells: readonly string[], node: string): string[] {
+  return [...cells.slice(0, 2), node, ...cells.slice(2)];
 }
 
 /** `--long`: every pending name under its row. */

@@ -43,7 +43,16 @@ export interface ToolkitConfig {
    * README's *Privileges*): with `tenantRoles`, it is granted membership in each tenant's role.
    */
   readonly tenantAppRole: string;
+  /**
+   * Citus schema-based sharding (`CITUS`): `on` distributes every tenant schema (the database
+   * must be a Citus coordinator), `off` never, `auto` (default) when the `citus` extension is
+   * installed, probed once per toolkit. See docs/citus.md.
+   */
+  readonly citus: CitusMode;
 }
+
+/** `CITUS=on|off|auto`: whether tenant schemas are Citus distributed schemas. */
+export type CitusMode = 'on' | 'off' | 'auto';
 
 /** Environment variables as the toolkit reads them (`process.env`, or `.env` merged under it). */
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -82,6 +91,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   const escapeGuard = parseBoolean(env, 'ESCAPE_GUARD', true, problems);
   const tenantRoles = parseBoolean(env, 'TENANT_ROLES', false, problems);
   const tenantAppRole = parseRoleName(env, 'TENANT_APP_ROLE', DEFAULTS.tenantAppRole, problems);
+  const citus = parseCitus(env, connection, problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return {
     connection: connection!,
@@ -94,7 +104,26 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
     escapeGuard,
     tenantRoles,
     tenantAppRole,
+    citus,
   };
+}
+
+function parseCitus(env: Env, connection: ConnectionTarget | undefined, problems: string[]): CitusMode {
+  const raw = nonEmpty(env.CITUS)?.toLowerCase();
+  if (raw === undefined || raw === 'auto') return connection?.kind === 'embedded' ? 'off' : 'auto';
+  const mode = ['on', 'true', 'yes', '1'].includes(raw)
+    ? 'on'
+    : ['off', 'false', 'no', '0'].includes(raw)
+      ? 'off'
+      : undefined;
+  if (mode === undefined) {
+    problems.push(`CITUS must be on, off or auto, got "${env.CITUS}"`);
+    return 'off';
+  }
+  if (mode === 'on' && connection?.kind === 'embedded') {
+    problems.push('CITUS=on needs a Citus coordinator: set DATABASE_URL (the embedded engine has no Citus)');
+  }
+  return mode;
 }
 
 function parseConnection(env: Env, cwd: string, problems: string[]): ConnectionTarget | undefined {

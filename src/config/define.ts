@@ -25,6 +25,7 @@ export const CONFIG_KEYS = {
   ledgerKeepDays: 'LEDGER_KEEP_DAYS',
   escapeGuard: 'ESCAPE_GUARD',
   tenantRoles: 'TENANT_ROLES',
+  citus: 'CITUS',
 } as const;
 
 /** A project's config file (`tenant-migrate.config.ts` etc.): every key optional. */

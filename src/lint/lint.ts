@@ -1,17 +1,20 @@
 import { readFileSync } from 'node:fs';
 import type { Knex } from 'knex';
+import { distributeSchema, nonReferenceTargets } from '../citus/citus.ts';
 import { messageOf } from '../errors.ts';
 import type { Migration } from '../migrations/source.ts';
 import { MASTER_TARGET } from '../migrations/targets.ts';
 import { readApplied } from '../migrations/tracking.ts';
+import { foreignKeyTargets } from './citus-rules.ts';
 import { readDisables } from './disable.ts';
-import { excerpt, parseSql } from './parse.ts';
+import { excerpt, type ParsedStatement, parseSql } from './parse.ts';
 import {
   checkStatement,
   type LintScope,
   RULE_NAMES,
   RULES,
   type RuleName,
+  ruleApplies,
   type Severity,
   tablesCreated,
 } from './rules.ts';
@@ -49,6 +52,11 @@ export interface LintOptions {
   readonly extensions?: readonly string[];
   /** `lock_timeout` for the lint transaction, in ms (0 waits forever). */
   readonly lockTimeoutMs?: number;
+  /**
+   * Citus mode (`Toolkit.citus()`): the scratch schema is a distributed schema, as a tenant's is,
+   * and the Citus rules apply to tenant migrations.
+   */
+  readonly citus?: boolean;
 }
 
 /** One rule broken by one migration. `statement` is an excerpt of the SQL, when a statement is to blame. */
@@ -126,7 +134,7 @@ export async function lintMigrations(knex: Knex, input: LintInput, options: Lint
         if (failed) notes.push(`extension ${name} is not available for the lint (${messageOf(failed)})`);
       }
       const master = input.master ? await lintMaster(trx, capture, input.master) : [];
-      return [...master, ...(await lintTenant(trx, capture, input.tenant))];
+      return [...master, ...(await lintTenant(trx, capture, input.tenant, options.citus === true))];
     } finally {
       capture.stop();
     }
@@ -174,19 +182,27 @@ async function lintMaster(trx: Knex.Transaction, capture: QueryCapture, migratio
 }
 
 /** Every tenant migration, in a fresh scratch schema: up (kept), then down → up in a savepoint that is rolled back. */
-async function lintTenant(trx: Knex.Transaction, capture: QueryCapture, migrations: readonly Migration[]) {
+async function lintTenant(
+  trx: Knex.Transaction,
+  capture: QueryCapture,
+  migrations: readonly Migration[],
+  citus: boolean,
+) {
   const schema = scratchSchemaName();
   const searchPath = await openScratchSchema(trx, schema);
+  // Citus: what Citus refuses in a distributed schema fails here as it would in a tenant's.
+  if (citus) await distributeSchema(trx, schema);
   const files: FileLint[] = [];
   let behind: string | undefined;
   for (const migration of migrations) {
-    const file = new FileLint('tenant', migration);
+    const file = new FileLint('tenant', migration, citus ? { trx, schema } : undefined);
     files.push(file);
     // A migration that changed the search path (flagged) must not move the next one out of the scratch schema.
     await scopeSearchPath(trx, searchPath);
     const before = await fingerprint(trx, schema);
     if (!(await runUp(trx, capture, file, behind))) {
       behind ??= migration.name;
+      if (citus && !migration.transaction) file.noteConcurrentIndex();
       continue;
     }
     await checkDown(trx, capture, file, { schema, searchPath, before });
@@ -268,6 +284,12 @@ async function savepoint(trx: Knex.Transaction, cb: (sp: Knex.Transaction) => Pr
   }
 }
 
+/** Citus mode in the tenant lint: the transaction and the (distributed) scratch schema that foreign keys are resolved from. */
+interface CitusLint {
+  readonly trx: Knex.Transaction;
+  readonly schema: string;
+}
+
 /** One file's findings as they are made: disable comments applied, statements counted. */
 class FileLint {
   readonly findings: LintFinding[] = [];
@@ -277,12 +299,15 @@ class FileLint {
   private reason: string | null = null;
   private readonly disabled: ReadonlySet<RuleName>;
   private readonly notes: string[] = [];
+  private readonly text: string;
 
   constructor(
     readonly scope: LintScope,
     readonly migration: Migration,
+    private readonly citus?: CitusLint,
   ) {
-    const disables = readDisables(fileText(migration.file));
+    this.text = fileText(migration.file);
+    const disables = readDisables(this.text);
     this.disabled = new Set(disables.rules);
     for (const name of disables.unknown) this.notes.push(`unknown rule in a disable comment: ${name}`);
   }
@@ -298,11 +323,30 @@ class FileLint {
       }
       for (const statement of parsed.statements) {
         this.statements++;
-        for (const v of checkStatement(statement, { scope: this.scope, created }))
+        for (const v of checkStatement(statement, { scope: this.scope, created, citus: this.citus !== undefined }))
           this.flag(v.rule, v.detail, excerpt(statement.text), phase);
+        if (this.citus) await this.checkForeignKeys(statement, phase);
         for (const table of tablesCreated(statement)) created.add(table);
       }
     }
+  }
+
+  /** `citus-foreign-key`: the statement's foreign keys, resolved in the lint transaction (one query when it has any). */
+  private async checkForeignKeys(statement: ParsedStatement, phase: 'up' | 'down'): Promise<void> {
+    const targets = foreignKeyTargets(statement);
+    if (!this.citus || targets.length === 0) return;
+    const outside = await nonReferenceTargets(this.citus.trx, this.citus.schema, targets);
+    if (outside.length > 0)
+      this.flag('citus-foreign-key', `references ${outside.join(', ')}`, excerpt(statement.text), phase);
+  }
+
+  /**
+   * `citus-index-concurrently` for a `transaction: false` migration, which the lint cannot run
+   * (so no statement of it is parsed): its file's text is searched for the word instead.
+   */
+  noteConcurrentIndex(): void {
+    if (/\bconcurrently\b/i.test(this.text))
+      this.flag('citus-index-concurrently', 'a transaction: false migration that mentions CONCURRENTLY', null, 'up');
   }
 
   flag(rule: RuleName, detail: string, statement: string | null, phase: 'up' | 'down' | null): void {
@@ -334,7 +378,7 @@ class FileLint {
     const unchecked =
       this.status === 'checked'
         ? []
-        : RULE_NAMES.filter((r) => RULES[r].scopes.includes(this.scope) && !this.disabled.has(r));
+        : RULE_NAMES.filter((r) => ruleApplies(r, this.scope, this.citus !== undefined) && !this.disabled.has(r));
     return {
       scope: this.scope,
       migration: this.migration.name,

@@ -1,3 +1,4 @@
+import { citusIndexConcurrently, citusIntSerial, citusUnsupportedDdl } from './citus-rules.ts';
 import { constantText, isObject, type ParsedStatement, stringList, type TreeNode, walk } from './parse.ts';
 
 /**
@@ -20,6 +21,10 @@ export const RULE_NAMES = [
   'not-null-without-default',
   'down-reverts-up',
   'up-fails',
+  'citus-foreign-key',
+  'citus-unsupported-ddl',
+  'citus-int-serial',
+  'citus-index-concurrently',
 ] as const;
 
 /** The name of a lint rule, as `-- tenant-migrate-lint-disable <rule>` names it. */
@@ -32,6 +37,8 @@ export interface Rule {
   readonly scopes: readonly LintScope[];
   /** `parser`: decided from the captured SQL; `database`: decided by running up and down. */
   readonly kind: 'parser' | 'database';
+  /** Applied only in Citus mode (`CITUS`, docs/citus.md): what a distributed schema refuses. */
+  readonly citus?: true;
 }
 
 const BOTH: readonly LintScope[] = ['tenant', 'master'];
@@ -87,7 +94,47 @@ export const RULES: Readonly<Record<RuleName, Rule>> = {
     scopes: BOTH,
     kind: 'database',
   },
+  'citus-foreign-key': {
+    name: 'citus-foreign-key',
+    severity: 'error',
+    explanation:
+      'Citus: a foreign key from a distributed schema may point only into that schema or at a reference table',
+    scopes: TENANT,
+    kind: 'database',
+    citus: true,
+  },
+  'citus-unsupported-ddl': {
+    name: 'citus-unsupported-ddl',
+    severity: 'error',
+    explanation: 'Citus refuses this statement on the tables of a distributed schema',
+    scopes: TENANT,
+    kind: 'parser',
+    citus: true,
+  },
+  'citus-int-serial': {
+    name: 'citus-int-serial',
+    severity: 'warning',
+    explanation:
+      'Citus: an int serial (increments()) fails in INSERT … SELECT run on the worker; use bigIncrements()/bigserial',
+    scopes: TENANT,
+    kind: 'parser',
+    citus: true,
+  },
+  'citus-index-concurrently': {
+    name: 'citus-index-concurrently',
+    severity: 'warning',
+    explanation:
+      'Citus builds a CONCURRENTLY index on the worker; a failure can leave it INVALID: DROP INDEX CONCURRENTLY IF EXISTS before a retry',
+    scopes: TENANT,
+    kind: 'parser',
+    citus: true,
+  },
 };
+
+/** Whether `rule` applies to `scope` (Citus rules only in Citus mode). */
+export function ruleApplies(rule: RuleName, scope: LintScope, citus: boolean): boolean {
+  return RULES[rule].scopes.includes(scope) && (citus || RULES[rule].citus !== true);
+}
 
 /** What one statement breaks: the rule and what in the statement (a name, a column). */
 export interface Violation {
@@ -99,12 +146,14 @@ export interface Violation {
 export interface StatementContext {
   readonly scope: LintScope;
   readonly created: ReadonlySet<string>;
+  /** Citus mode: the Citus rules apply too. */
+  readonly citus?: boolean;
 }
 
 /** Every parser rule of the scope, applied to one statement. */
 export function checkStatement(statement: ParsedStatement, context: StatementContext): Violation[] {
   const found: Violation[] = [];
-  const applies = (rule: RuleName): boolean => RULES[rule].scopes.includes(context.scope);
+  const applies = (rule: RuleName): boolean => ruleApplies(rule, context.scope, context.citus === true);
   const add = (rule: RuleName, detail: string | undefined): void => {
     if (detail !== undefined && applies(rule)) found.push({ rule, detail });
   };
@@ -113,6 +162,11 @@ export function checkStatement(statement: ParsedStatement, context: StatementCon
   add('create-extension', createsExtension(statement));
   add('index-not-concurrent', blockingIndex(statement, context.created));
   add('not-null-without-default', notNullWithoutDefault(statement, context.created));
+  if (context.citus) {
+    add('citus-unsupported-ddl', citusUnsupportedDdl(statement));
+    add('citus-int-serial', citusIntSerial(statement));
+    add('citus-index-concurrently', citusIndexConcurrently(statement));
+  }
   return found;
 }
 

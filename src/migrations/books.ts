@@ -52,7 +52,9 @@ export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<
             to_regclass('public.tenant_migration_run_tenants') is not null as ledger,
             exists (select 1 from pg_attribute where attrelid = to_regclass('public.tenants')
                      and attname = 'labels' and not attisdropped) as labels,
-            to_regprocedure(?) is not null as tracking_trigger`,
+            -- Not with Citus: a trigger on a distributed table runs on a worker, where public.tenants is not.
+            to_regprocedure(?) is not null
+              and not exists (select 1 from pg_extension where extname = 'citus') as tracking_trigger`,
     [TRACKING_TRIGGER_FUNCTION],
   );
   const row = result.rows[0] as

@@ -30,6 +30,11 @@ export interface TenantStatusRow {
    * the candidates).
    */
   readonly knexLocked?: boolean;
+  /**
+   * Citus mode only: the worker node holding the tenant's distributed schema, `host:port`; null
+   * when the schema is not distributed (a plain schema on the coordinator) or missing.
+   */
+  readonly node?: string | null;
 }
 
 /** Where master and every tenant stand (`migrate:status`): per-tenant rows, orphan schemas, a summary. */

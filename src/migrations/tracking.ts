@@ -127,12 +127,14 @@ export function knexLockTableOf(trackingTable: string): string {
 function knexLockTableSql(conn: Conn, target: SchemaTarget): string[] {
   const lock = knexLockTableOf(target.trackingTable);
   // Knex may have made it already (its own CLI creates both tables); one row, unlocked, as Knex makes it.
+  // The row's "index" is given (1, what serial gives a fresh table; Knex inserts only into an empty
+  // one): on Citus this INSERT … SELECT runs on the worker, where nextval() of an int serial fails.
   return [
     conn.raw('create table if not exists ??.?? ("index" serial primary key, "is_locked" integer)', [
       target.schema,
       lock,
     ]),
-    conn.raw('insert into ??.?? ("is_locked") select 0 where not exists (select 1 from ??.??)', [
+    conn.raw('insert into ??.?? ("index", "is_locked") select 1, 0 where not exists (select 1 from ??.??)', [
       target.schema,
       lock,
       target.schema,

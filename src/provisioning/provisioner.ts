@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { distributeSchema } from '../citus/citus.ts';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { RegistryMissingError, ToolkitError, UsageError } from '../errors.ts';
 import { CapabilityMemo, NO_CAPABILITIES, RunBooks } from '../migrations/books.ts';
@@ -50,6 +51,8 @@ export interface ProvisionOptions {
   readonly dryRun?: boolean;
   /** `TENANT_ROLES=on`: create the tenant's role with its schema, granted to this application role. */
   readonly tenantRoles?: { readonly appRole: string };
+  /** Citus mode: the schema is made a distributed schema right after it is created (docs/citus.md). */
+  readonly citus?: boolean;
 }
 
 /** What `provisionTenant` did for one organisation: its schema, the outcome, the migrations applied. */
@@ -182,6 +185,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
           return false;
         }
         await conn.raw('create schema if not exists ??', [tenant.schema]);
+        if (options.citus) await distributeSchema(conn, tenant.schema);
         // Before the migrations: the role's default privileges then cover every table they create.
         if (options.tenantRoles) await ensureTenantRole(conn, tenant.schema, options.tenantRoles.appRole);
         return true;
@@ -250,6 +254,7 @@ async function preflight(
           await conn.raw('create extension if not exists ?? schema public', [name]);
         }
         await conn.raw('create schema if not exists ??', [schema]);
+        if (options.citus) await distributeSchema(conn, schema);
         return true;
       },
     },

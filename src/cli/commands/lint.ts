@@ -37,7 +37,7 @@ export function registerLint(program: Command): void {
         return lintMigrations(
           tk.knex,
           { tenant, ...(master ? { master } : {}) },
-          { extensions: tk.config.tenantExtensions, lockTimeoutMs: tk.config.lockTimeoutMs },
+          { extensions: tk.config.tenantExtensions, lockTimeoutMs: tk.config.lockTimeoutMs, citus: await tk.citus() },
         );
       });
       show(createOutput(flags.json ?? false), lintRenderer, report);
