@@ -4,9 +4,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOOLKIT_MASTER_MIGRATIONS } from '../src/scaffold/init.ts';
 import { ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
-import { ensureBuilt, packInto, runBin } from './support/package.ts';
+import { packInto, runBin } from './support/package.ts';
 
-// The package as a user installs it: packed by `pnpm pack`, unpacked into a project's
+// The package as a user installs it (built by the test run's global setup): packed by `pnpm pack`, unpacked into a project's
 // node_modules, run through its `bin` from the project's folder, imported through its `exports`.
 const WORK = path.join(ROOT, '.scratch', `package-test-${process.env.KEEP_WORK ? 'keep' : process.pid}`);
 const INSTALLED = path.join(WORK, 'node_modules', 'tenant-migrate');
@@ -25,7 +25,6 @@ beforeAll(async () => {
   // Each project gets a database of its own: their master folders differ.
   tsEngine = await startEngine('package-ts');
   tsDb = { ...tsEngine.env, ...(tsEngine.hasVector ? {} : { TENANT_EXTENSIONS: '' }) };
-  ensureBuilt();
   packed = packInto(path.join(WORK, 'pack'));
   mkdirSync(path.dirname(INSTALLED), { recursive: true });
   execFileSync('cp', ['-r', path.join(WORK, 'pack', 'package'), INSTALLED]);
