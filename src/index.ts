@@ -160,6 +160,18 @@ export async function provisionTenant(
   }
 }
 
+export {
+  CITUS_MIN_MAJOR,
+  type CitusInfo,
+  CitusUnavailableError,
+  detectCitus,
+  distributeSchema,
+  nonReferenceTargets,
+  type ReferencedTable,
+  resolveCitus,
+  schemaNodes,
+} from './citus/citus.ts';
+export type { CitusMode } from './config/config.ts';
 export type { DumpResult } from './db/pg-dump.ts';
 export { PgDumpFailedError, PgDumpUnavailableError } from './db/pg-dump.ts';
 // Types that the exports above mention, so that users can name them.
