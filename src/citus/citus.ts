@@ -11,8 +11,6 @@ import { ToolkitError } from '../errors.ts';
  * schema is distributed, and where each schema's node is. See docs/citus.md.
  */
 
-type Conn = Knex | Knex.Transaction;
-
 /** What the configured database says about Citus. */
 export interface CitusInfo {
   /** The `citus` extension is installed in this database. */
@@ -34,7 +32,7 @@ export class CitusUnavailableError extends ToolkitError {
 }
 
 /** Reads `pg_extension` (and, with Citus, which node this is): one or two cheap catalog queries. */
-export async function detectCitus(knex: Conn): Promise<CitusInfo> {
+export async function detectCitus(knex: Knex | Knex.Transaction): Promise<CitusInfo> {
   const ext = await knex.raw("select extversion from pg_extension where extname = 'citus'");
   const version = (ext.rows[0]?.extversion as string | undefined) ?? null;
   if (version === null) return { installed: false, version: null, coordinator: false };
@@ -81,7 +79,7 @@ export async function resolveCitus(knex: Knex, mode: CitusMode): Promise<boolean
  * exists (a provisioning resumed after a failure, or one made with CITUS=off), moving its
  * tables with it. Transactional: rolled back with its transaction, shards included.
  */
-export async function distributeSchema(conn: Conn, schema: string): Promise<void> {
+export async function distributeSchema(conn: Knex | Knex.Transaction, schema: string): Promise<void> {
   await conn.raw(
     `select citus_schema_distribute(n.oid::regnamespace) from pg_namespace n
       where n.nspname = ? and not exists (select 1 from pg_dist_schema d where d.schemaid = n.oid)`,
@@ -96,7 +94,10 @@ export async function distributeSchema(conn: Conn, schema: string): Promise<void
  * a schema that is not distributed (a plain schema on the coordinator), has no table yet, or
  * does not exist.
  */
-export async function schemaNodes(knex: Conn, schemas: readonly string[]): Promise<Map<string, string | null>> {
+export async function schemaNodes(
+  knex: Knex | Knex.Transaction,
+  schemas: readonly string[],
+): Promise<Map<string, string | null>> {
   const nodes = new Map<string, string | null>();
   if (schemas.length === 0) return nodes;
   const result = await knex.raw(
@@ -129,7 +130,7 @@ export interface ReferencedTable {
  * distributed schema to them is refused by Citus. Names that resolve to nothing are left out.
  */
 export async function nonReferenceTargets(
-  conn: Conn,
+  conn: Knex | Knex.Transaction,
   schema: string,
   targets: readonly ReferencedTable[],
 ): Promise<string[]> {
