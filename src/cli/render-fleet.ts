@@ -1,7 +1,7 @@
 import pc from 'picocolors';
 import type { TenantListReport } from '../fleet/list.ts';
 import type { FleetRunReport, TenantRunReport } from '../fleet/run.ts';
-import { formatDuration, plural, type Renderer, table } from './render.ts';
+import { failedAndSkipped, formatDuration, plural, type Renderer, table } from './render.ts';
 
 /**
  * `tenants:run` and `tenants:list` as people read them; `--json` prints the reports themselves.
@@ -77,16 +77,8 @@ function summaryLines(report: FleetRunReport): string[] {
     lines.push(pc.yellow('escape guard off: changes outside the tenant schemas were allowed'));
   for (const warning of report.warnings) lines.push(pc.yellow(`warning: ${warning}`));
   if (report.stoppedBy === 'max-failures') lines.push(pc.red('Stopped: the failure budget was spent'));
-  const failed = report.tenants.filter((r) => r.outcome === 'failed' || r.outcome === 'would-fail');
-  if (failed.length > 0) {
-    lines.push(pc.red(report.dryRun ? 'Would fail:' : 'Failed:'));
-    for (const r of failed) lines.push(pc.red(`  ${r.orgId} (${r.schema}): ${r.error?.message}`));
-  }
-  const skipped = report.tenants.filter((r) => r.outcome === 'skipped');
-  if (skipped.length > 0 && skipped.length <= 50) {
-    for (const r of skipped) lines.push(pc.dim(`  skipped ${r.orgId} (${r.schema}): ${r.error?.message}`));
-  } else if (skipped.length > 50) lines.push(pc.dim(`  ${skipped.length} skipped (see --json for each)`));
-  return lines;
+  const isFailure = (outcome: string): boolean => outcome === 'failed' || outcome === 'would-fail';
+  return [...lines, ...failedAndSkipped(report.tenants, isFailure, report.dryRun ? 'Would fail:' : 'Failed:')];
 }
 
 /** Column names in first-seen order across these tenants' rows. */

@@ -179,12 +179,27 @@ function detailLines(report: FanoutReport, failure: 'failed' | 'would-fail', tit
     for (const warning of tenant.warnings)
       lines.push(pc.yellow(`warning: ${tenant.orgId} (${tenant.schema}): ${warning}`));
   }
-  const failed = report.tenants.filter((r) => r.outcome === failure);
+  return [...lines, ...failedAndSkipped(report.tenants, (outcome) => outcome === failure, title)];
+}
+
+/** The tenants of a fan-out's report as its text closes: each failure with its reason, then the skipped ones. */
+export function failedAndSkipped(
+  tenants: readonly {
+    readonly orgId: string;
+    readonly schema: string;
+    readonly outcome: string;
+    readonly error: { readonly message: string } | null;
+  }[],
+  isFailure: (outcome: string) => boolean,
+  title: string,
+): string[] {
+  const lines: string[] = [];
+  const failed = tenants.filter((r) => isFailure(r.outcome));
   if (failed.length > 0) {
     lines.push(pc.red(title));
     for (const r of failed) lines.push(pc.red(`  ${r.orgId} (${r.schema}): ${r.error?.message}`));
   }
-  const skipped = report.tenants.filter((r) => r.outcome === 'skipped');
+  const skipped = tenants.filter((r) => r.outcome === 'skipped');
   if (skipped.length > 0 && skipped.length <= 50) {
     for (const r of skipped) lines.push(pc.dim(`  skipped ${r.orgId} (${r.schema}): ${r.error?.message}`));
   } else if (skipped.length > 50) lines.push(pc.dim(`  ${skipped.length} skipped (see --json for each)`));
