@@ -6,7 +6,7 @@ import type { Measurement } from './variants/types.ts';
 export interface Summary {
   readonly metric: string;
   readonly label: string;
-  readonly unit: 'ms' | 'kB';
+  readonly unit: 'ms' | 'kB' | 'rows';
   readonly tenants: number;
   readonly n: number;
   readonly median: number;
@@ -164,8 +164,9 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
   return checks;
 }
 
-export function formatValue(value: number, unit: 'ms' | 'kB'): string {
+export function formatValue(value: number, unit: 'ms' | 'kB' | 'rows'): string {
   if (!Number.isFinite(value)) return '-';
+  if (unit === 'rows') return `${value.toFixed(1)} rows`;
   if (unit === 'kB') return value < 1024 ? `${value.toFixed(0)} kB` : `${(value / 1024).toFixed(0)} MB`;
   if (value < 10) return `${value.toFixed(2)} ms`;
   if (value < 1000) return `${value.toFixed(1)} ms`;

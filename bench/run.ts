@@ -13,6 +13,7 @@ import { captureMigrationSql } from './capture.ts';
 import { checkTargets, formatValue, renderTable, summarise, writeJson } from './report.ts';
 import { EmbeddedRefusedError, live, openServer, ROOT, type Server, withFreshDatabase } from './server.ts';
 import { big } from './variants/big.ts';
+import { capacity } from './variants/capacity.ts';
 import { costs } from './variants/costs.ts';
 import { floor } from './variants/floor.ts';
 import { naive } from './variants/naive.ts';
@@ -26,7 +27,7 @@ import type { BenchContext, Measurement, Variant } from './variants/types.ts';
 /** Interleaved and repeated, in this order rotated by one each round. */
 const ROUND: readonly Variant[] = [naive, toolkit, floor, costs, provision, provisionFloor];
 /** Built once (it is the large fleet); repeats happen inside it. */
-const ONCE: readonly Variant[] = [big, report, startup, runtime];
+const ONCE: readonly Variant[] = [big, report, startup, runtime, capacity];
 const ALL = [...ROUND, ...ONCE];
 
 const USAGE = `Usage: pnpm bench [--tenants N] [--big N] [--repeat R] [--provisions N] [--only ${ALL.map((v) => v.name).join(',')}] [--smoke] [--out FILE]

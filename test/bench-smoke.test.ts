@@ -48,6 +48,9 @@ const METRICS = [
   'runtime.raw',
   'runtime.checked',
   'runtime.roles',
+  'capacity.pg_class',
+  'capacity.catalog',
+  'capacity.backend',
 ];
 const out = mkdtempSync(path.join(os.tmpdir(), 'bench-smoke-'));
 

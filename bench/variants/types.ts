@@ -19,7 +19,7 @@ export interface BenchContext {
 /** Values of one metric from one variant run: durations in ms, memory in kB. */
 export interface Measurement {
   readonly metric: string;
-  readonly unit: 'ms' | 'kB';
+  readonly unit: 'ms' | 'kB' | 'rows';
   /** Fleet size it was taken at. */
   readonly tenants: number;
   readonly values: readonly number[];
