@@ -21,6 +21,7 @@ const VARIANTS = [
   'report',
   'startup',
   'runtime',
+  'capacity',
 ];
 const METRICS = [
   'migrate.naive',
