@@ -3,7 +3,7 @@ import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sqlState } from '../src/db/pg-errors.ts';
-import { createTenantClient, openToolkit, type Toolkit } from '../src/index.ts';
+import { createTenantClient, openToolkit, TenantDeletedError, type Toolkit } from '../src/index.ts';
 // Not exported from src/index.ts yet (the index belongs to another change): imported from their module.
 import { type SessionLeakEvent, TenantRoleError } from '../src/runtime/isolation.ts';
 import { runCli } from './helpers/cli.ts';
@@ -259,6 +259,20 @@ describe('least privilege and TENANT_ROLES=on (server only: skipped on PGlite, w
     const off = await runCli(['tenants:roles'], { ...env, TENANT_ROLES: 'off' });
     expect(off.code).toBe(2);
     expect(off.stderr).toMatch(/TENANT_ROLES is off/);
+  });
+
+  it('a tenant archived and dropped while cached is refused as deleted, not for its missing role', async (ctx) => {
+    if (!engine.multiSession) return ctx.skip();
+    const orgId = `org_iso_gone_${process.pid}`;
+    await provisionAs(migrator, [orgId]);
+    const tenants = createTenantClient({ knex: appKnex(1), tenantRoles: true, cache: { ttlMs: 3_600_000 } });
+    expect(await tenants.withTenant(orgId, async () => 'served')).toBe('served');
+    await migrator.archiveTenant(orgId);
+    await migrator.dropTenant(orgId);
+    const roles = await migrator.knex.raw('select 1 from pg_roles where rolname = ?', [`${schema(orgId)}_app`]);
+    expect(roles.rows).toEqual([]);
+    const refused = await tenants.withTenant(orgId, async () => 'ran').catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(TenantDeletedError);
   });
 
   it('the application role cannot create objects in public, and never writes bookkeeping', async (ctx) => {

@@ -124,8 +124,18 @@ function scopeSql(tenantRoles: boolean, checkSession: boolean): string {
     : `select ${SCOPE_COLUMNS}${role}`;
 }
 
-/** The cached entry no longer matches the registry: look the org up again. */
-class StaleEntry extends Error {}
+/**
+ * The cached entry no longer matches the registry: look the org up again. `ifStill` is the
+ * error to throw if the fresh look finds the same trouble (a role switch that fails for a tenant
+ * the registry still says is ACTIVE).
+ */
+class StaleEntry extends Error {
+  readonly ifStill: Error | undefined;
+  constructor(ifStill?: Error) {
+    super('stale registry entry');
+    this.ifStill = ifStill;
+  }
+}
 
 /**
  * Creates the tenant-aware client. Per `withTenant`: on a cache hit, four round trips (BEGIN,
@@ -196,8 +206,11 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     const role = settings.tenantRoles ? tenantRoleName(tenant.schema) : undefined;
     if (role) bindings.push(role);
     const result = await registryQuery(() => trx.raw(scopeStatement, bindings)).catch((error: unknown) => {
-      if (role && isRoleSwitchFailure(error, role)) throw new TenantRoleError(tenant.orgId, tenant.schema, role, error);
-      throw error;
+      if (!role || !isRoleSwitchFailure(error, role)) throw error;
+      // No role: not made yet (`tenants:roles`), or dropped with its tenant since it was cached.
+      // The registry says which: look again, and report a missing role only for a tenant it serves.
+      cache.delete(tenant.orgId);
+      throw new StaleEntry(new TenantRoleError(tenant.orgId, tenant.schema, role, error));
     });
     const row = result.rows[0] as { schema_exists: boolean; status: string | null; session_before?: string };
     if (row.status === null) {
@@ -260,7 +273,9 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
           // The registry changed under the cache (row deleted or re-pointed): one fresh look says
           // what is true now; a second mismatch means it is changing as we look.
           if (attempt > 0)
-            throw new TenantNotFoundError(orgId, 'its registry row changed while it was being looked up');
+            throw (
+              error.ifStill ?? new TenantNotFoundError(orgId, 'its registry row changed while it was being looked up')
+            );
         }
       }
     },

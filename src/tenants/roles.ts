@@ -77,14 +77,25 @@ export async function ensureTenantRole(
 }
 
 /**
- * Drops a tenant's role if it exists (`tenant:drop`): first what it owns or was granted in this
- * database (`DROP OWNED BY`), then the role. Run it in the transaction that drops the schema.
+ * Drops a tenant's role if it exists (`tenant:drop`). Run it in the transaction that drops the
+ * schema, after the drop: the role's privileges went with the schema's objects and its
+ * memberships go with the role. Only if something in this database still depends on it (a grant
+ * made by hand elsewhere) does it run `DROP OWNED BY` first, which PostgreSQL 15 allows only to a
+ * member of the role (a superuser): the migration role that created it with `CREATEROLE` is not.
  */
 export async function dropTenantRole(trx: Knex.Transaction, schema: string): Promise<void> {
   const role = tenantRoleName(schema);
-  const found = await trx.raw('select 1 from pg_catalog.pg_roles where rolname = ?', [role]);
-  if (found.rows.length === 0) return;
-  await trx.raw('drop owned by ??', [role]);
+  const found = await trx.raw(
+    `select (select count(*) from pg_catalog.pg_shdepend d
+              where d.refclassid = 'pg_catalog.pg_authid'::regclass and d.refobjid = r.oid
+                and d.dbid = (select oid from pg_catalog.pg_database where datname = current_database())
+            )::int as dependents
+       from pg_catalog.pg_roles r where r.rolname = ?`,
+    [role],
+  );
+  const row = found.rows[0] as { dependents: number } | undefined;
+  if (!row) return;
+  if (row.dependents > 0) await trx.raw('drop owned by ??', [role]);
   await trx.raw('drop role ??', [role]);
 }
 
