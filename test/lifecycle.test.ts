@@ -6,7 +6,7 @@
  * signed `organization.deleted`; and on a server, archive and drop wait for a migration of the
  * same tenant running at that very moment.
  */
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -32,6 +32,7 @@ import { TenantArchivedError, TenantDeletedError } from '../src/runtime/errors.t
 import { advisoryLocks, session, waitFor } from './fixtures/rel-support/support.ts';
 import { runCli } from './helpers/cli.ts';
 import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { signedWebhook, webhookSecret } from './support/clerk.ts';
 
 const PLAIN = path.join(FIXTURES, 'tenant-plain');
 const REL_BASE = path.join(FIXTURES, 'rel-base');
@@ -260,19 +261,9 @@ describe('archive, restore and drop', () => {
 });
 
 describe('examples/clerk-webhook.ts', () => {
-  const secret = `whsec_${randomBytes(24).toString('base64')}`;
+  const secret = webhookSecret();
 
-  /** Signs a payload as Clerk's webhooks (Svix, Standard Webhooks) do. */
-  function signed(payload: unknown, key = secret): { body: string; headers: Record<string, string> } {
-    const body = JSON.stringify(payload);
-    const id = `msg_${randomBytes(8).toString('hex')}`;
-    const timestamp = String(Math.floor(Date.now() / 1000));
-    const signature = createHmac('sha256', Buffer.from(key.slice('whsec_'.length), 'base64'))
-      .update(`${id}.${timestamp}.${body}`)
-      .digest('base64');
-    const headers = { 'content-type': 'application/json', 'svix-id': id, 'svix-timestamp': timestamp };
-    return { body, headers: { ...headers, 'svix-signature': `v1,${signature}` } };
-  }
+  const signed = (payload: unknown, key = secret) => signedWebhook(payload, key);
 
   it('archives on a signed organization.deleted (redelivery and unknown orgs answered 200), refuses a forged one', async () => {
     const orgId = 'org_life_hook';
@@ -290,7 +281,7 @@ describe('examples/clerk-webhook.ts', () => {
       data: { id, object: 'organization', deleted: true },
     });
     try {
-      const forged = signed(deletedEvent(orgId), `whsec_${randomBytes(24).toString('base64')}`);
+      const forged = signed(deletedEvent(orgId), webhookSecret());
       expect((await fetch(url, { method: 'POST', ...forged })).status).toBe(400);
       expect(await statusOf(orgId)).toBe('ACTIVE');
 

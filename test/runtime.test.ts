@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -22,6 +22,7 @@ import {
   type Toolkit,
 } from '../src/index.ts';
 import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
+import { signedWebhook, webhookSecret } from './support/clerk.ts';
 
 const PLAIN = path.join(FIXTURES, 'tenant-plain');
 /** 50 tenants, served over a pool of 4 connections (1 on PGlite). */
@@ -540,26 +541,9 @@ describe('lazy migration', () => {
 });
 
 describe('examples/clerk-webhook.ts', () => {
-  const secret = `whsec_${randomBytes(24).toString('base64')}`;
+  const secret = webhookSecret();
 
-  /** Signs a payload as Clerk's webhooks (Svix, Standard Webhooks) do. */
-  function signed(payload: unknown, key = secret): { body: string; headers: Record<string, string> } {
-    const body = JSON.stringify(payload);
-    const id = `msg_${randomBytes(8).toString('hex')}`;
-    const timestamp = String(Math.floor(Date.now() / 1000));
-    const signature = createHmac('sha256', Buffer.from(key.slice('whsec_'.length), 'base64'))
-      .update(`${id}.${timestamp}.${body}`)
-      .digest('base64');
-    return {
-      body,
-      headers: {
-        'content-type': 'application/json',
-        'svix-id': id,
-        'svix-timestamp': timestamp,
-        'svix-signature': `v1,${signature}`,
-      },
-    };
-  }
+  const signed = (payload: unknown, key = secret) => signedWebhook(payload, key);
 
   async function serve(handler: Handler, cb: (url: string) => Promise<void>): Promise<void> {
     const server = http.createServer((req, res) => void handler(req, res).catch(() => res.writeHead(500).end()));
@@ -583,7 +567,7 @@ describe('examples/clerk-webhook.ts', () => {
       });
       const forged = signed(
         { type: 'organization.created', object: 'event', data: { id: 'org_hook_forged', object: 'organization' } },
-        `whsec_${randomBytes(24).toString('base64')}`,
+        webhookSecret(),
       );
       const other = signed({ type: 'user.created', object: 'event', data: { id: 'user_1', object: 'user' } });
 
