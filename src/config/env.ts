@@ -8,7 +8,11 @@ import { type Env, loadConfig, type ToolkitConfig } from './config.ts';
  * The edge of the toolkit: the library itself only ever takes a ToolkitConfig.
  */
 export function configFromEnvironment(cwd: string = process.cwd(), env: Env = process.env): ToolkitConfig {
+  return loadConfig({ ...dotenvVariables(cwd), ...env }, cwd);
+}
+
+/** The variables of `cwd/.env`, or none when there is no such file. */
+export function dotenvVariables(cwd: string): Record<string, string> {
   const file = path.join(cwd, '.env');
-  const fromFile = existsSync(file) ? dotenv.parse(readFileSync(file, 'utf8')) : {};
-  return loadConfig({ ...fromFile, ...env }, cwd);
+  return existsSync(file) ? dotenv.parse(readFileSync(file, 'utf8')) : {};
 }

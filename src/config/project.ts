@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { ConfigError } from '../errors.ts';
 import { type Env, loadConfig, type ToolkitConfig } from './config.ts';
 import { CONFIG_KEYS } from './define.ts';
+import { dotenvVariables } from './env.ts';
 import { ensureTypeScriptFor } from './typescript-loader.ts';
 
 export { CONFIG_KEYS, type ProjectConfig } from './define.ts';
@@ -31,9 +32,7 @@ export async function configFromProject(
   configFile: string | undefined = env.TENANT_MIGRATE_CONFIG,
 ): Promise<ToolkitConfig> {
   const fromConfig = await readProjectConfig(cwd, configFile);
-  const dotenvFile = path.join(cwd, '.env');
-  const fromDotenv = existsSync(dotenvFile) ? (await import('dotenv')).parse(readFileSync(dotenvFile, 'utf8')) : {};
-  return loadConfig({ ...fromConfig, ...fromDotenv, ...env }, cwd);
+  return loadConfig({ ...fromConfig, ...dotenvVariables(cwd), ...env }, cwd);
 }
 
 /** The config file's settings as environment variables (empty when the project has none). */
