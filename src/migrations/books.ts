@@ -147,6 +147,8 @@ export class RunBooks {
       readonly batch: number;
       readonly digest: string | undefined;
       readonly durationMs: number;
+      /** Also set the tenant ACTIVE (provisioning, restore), in the same statement. */
+      readonly activate?: boolean;
     },
   ): Promise<void> {
     const clauses: string[] = [];
@@ -166,14 +168,26 @@ export class RunBooks {
     if (target.tenant && this.#caps.registry) {
       // The last error is cleared by a success; the digest follows the tracking rows.
       const digest = this.#caps.digest && step.digest !== undefined;
-      main = digest
-        ? `update public.tenants set migrations_digest = ?, last_migration_error = null
+      main = step.activate
+        ? `update public.tenants set ${digest ? 'migrations_digest = ?, ' : ''}last_migration_error = null,
+                  status = 'ACTIVE', error = null, updated_at = now() where schema_name = ?`
+        : digest
+          ? `update public.tenants set migrations_digest = ?, last_migration_error = null
             where schema_name = ? and (migrations_digest is distinct from ? or last_migration_error is not null)`
-        : 'update public.tenants set last_migration_error = null where schema_name = ? and last_migration_error is not null';
-      bindings.push(...(digest ? [step.digest, target.schema, step.digest] : [target.schema]));
+          : 'update public.tenants set last_migration_error = null where schema_name = ? and last_migration_error is not null';
+      if (step.activate) bindings.push(...(digest ? [step.digest] : []), target.schema);
+      else bindings.push(...(digest ? [step.digest, target.schema, step.digest] : [target.schema]));
     }
     if (clauses.length === 0 && main === 'select 1') return;
     await conn.raw(clauses.length > 0 ? `with ${clauses.join(', ')} ${main}` : main, bindings);
+  }
+
+  /** Sets the tenant ACTIVE after a stepped (`transaction: false`) batch's last step. */
+  async activate(conn: Knex | Knex.Transaction, target: SchemaTarget): Promise<void> {
+    await conn.raw(
+      `update public.tenants set status = 'ACTIVE', error = null, updated_at = now() where schema_name = ?`,
+      [target.schema],
+    );
   }
 
   /**

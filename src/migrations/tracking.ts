@@ -57,12 +57,13 @@ export async function readAppliedWithTimeout(
  * Knex's `<table>_lock` table beside it (for tenants too: plain `knex migrate:*` against a tenant
  * would otherwise create it racily), and for a tenant the trigger that tells the registry about
  * changes made outside the toolkit (`trigger`: when the master migration made its function).
- * One round trip: the statements carry no bound values, so they go as one simple query.
+ * One round trip: the statements carry no bound values (Knex quotes what it inlines), so they go
+ * as one simple query; with `lockTimeoutMs`, `lock_timeout` is set for the transaction at its end.
  */
 export async function createTrackingTables(
   conn: Conn,
   target: SchemaTarget,
-  options: { readonly trigger?: boolean } = {},
+  options: { readonly trigger?: boolean; readonly lockTimeoutMs?: number } = {},
 ): Promise<void> {
   const create = conn.schema.withSchema(target.schema).createTable(target.trackingTable, (t) => {
     t.increments();
@@ -73,6 +74,9 @@ export async function createTrackingTables(
   const statements = create.toSQL().map((q) => q.sql);
   if (hasKnexLock(target)) statements.push(...knexLockTableSql(conn, target));
   if (target.tenant && options.trigger) statements.push(...triggersSql(conn, target));
+  // For the transaction only: set here when the caller knows the table is new (nothing to wait for).
+  if (options.lockTimeoutMs !== undefined)
+    statements.push(conn.raw(`select set_config('lock_timeout', ?, true)`, [`${options.lockTimeoutMs}ms`]).toQuery());
   await conn.raw(statements.join(';\n'));
 }
 

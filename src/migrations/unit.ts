@@ -161,8 +161,11 @@ export interface UnitRequest {
   readonly hint?: readonly AppliedMigration[];
   /** Under the lock, before anything else: e.g. create the schema. Resolving false stops: nothing to do. */
   readonly prepare?: (conn: Conn) => Promise<boolean>;
-  /** After the last step, in the batch's transaction when it has one: e.g. set the tenant ACTIVE. */
-  readonly complete?: (conn: Conn) => Promise<void>;
+  /**
+   * With the last step, set the tenant ACTIVE (provisioning, restore): in the batch's transaction
+   * when it has one, folded into its bookkeeping statement.
+   */
+  readonly activate?: boolean;
   /** Collects the SQL the migrations send (a dry-run's `--sql`), with values shown inline. */
   readonly sqlLog?: string[];
 }
@@ -180,7 +183,7 @@ const SWITCH_TO_SESSION = Symbol('switch to session mode');
 
 /**
  * Runs one schema's batch. In `transaction` mode the whole batch, its tracking rows, digest,
- * ledger row and the caller's `complete` commit together or not at all, under a
+ * ledger row and the tenant's activation commit together or not at all, under a
  * transaction-scoped advisory lock and a transaction-local search path. In `session` mode (a
  * step declares `transaction: false`) the batch runs on one dedicated connection under a session
  * lock, each step committing with its own bookkeeping, and the session scoping is reset before
@@ -260,8 +263,8 @@ async function inTransaction(
     batch: plan.batch,
     digest: digestOf(appliedAfter(applied, names, request.intent.direction)),
     durationMs: Date.now() - progress.started,
+    activate: request.activate === true,
   });
-  if (request.complete) await request.complete(trx);
   return names;
 }
 
@@ -323,7 +326,7 @@ async function stepped(
       }
       progress.done.push(migration.name);
     }
-    if (request.complete) await request.complete(conn);
+    if (request.activate) await run.books.activate(conn, target);
   } finally {
     // If the connection died, the server already dropped the lock and the session; the
     // dedicated-connection helper discards a connection whose task failed.
@@ -348,7 +351,9 @@ function checkedPlan(intent: Intent, migrations: readonly Migration[], applied: 
  *    whether the tracking table, Knex's lock table and the tracking triggers (on both) exist, and the
  *    escape guard's mark;
  * 2. only when something is missing: the tracking table, or what an older or Knex-made one
- *    lacks (race-free: we hold the schema's lock);
+ *    lacks (race-free: we hold the schema's lock); a tracking table made now in the batch's
+ *    transaction is empty and unseen by others, so steps 3 and 4 shrink to a lock_timeout set
+ *    in the same round trip;
  * 3. for a tenant, Knex's lock row (`holdKnexLock`), waited for like our own lock;
  * 4. one statement: lock_timeout, and the tracking rows (read after any Knex run we waited for).
  */
@@ -397,6 +402,12 @@ async function scopeAndRead(
   if (!row.schema_exists) throw new SchemaMissingError(target.schema);
   const mark = guardMarkOf(row);
   const trigger = target.tenant === true && run.books.capabilities.trackingTrigger;
+  if (!row.tracked && !row.knex_lock && local) {
+    // Created by this transaction: no other session sees its Knex lock table until COMMIT (so no
+    // Knex run to wait for) and it holds no rows; lock_timeout goes in the same round trip.
+    await createTrackingTables(conn, target, { trigger, lockTimeoutMs: run.settings.lockTimeoutMs });
+    return { applied: [], mark, knexHeld: [] };
+  }
   if (!row.tracked) await createTrackingTables(conn, target, { trigger });
   else
     await addTrackingCompanions(conn, target, {

@@ -194,7 +194,7 @@ export async function restoreTenant(knex: Knex, orgId: string, ctx: RestoreConte
         meanwhile = now ?? 'DELETED';
         return false;
       },
-      complete: (conn) => setTenantStatus(conn, orgId, 'ACTIVE'),
+      activate: true,
     },
   );
   if (meanwhile === 'ACTIVE') return report('restore', tenant, 'already-active', started);

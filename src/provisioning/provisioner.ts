@@ -190,7 +190,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
         if (options.tenantRoles) await ensureTenantRole(conn, tenant.schema, options.tenantRoles.appRole);
         return true;
       },
-      complete: (conn) => setTenantStatus(conn, orgId, 'ACTIVE'),
+      activate: true,
     },
   );
   if (activeMeanwhile) return alreadyActive();
