@@ -18,6 +18,24 @@ export type ConnectionTarget =
     }
   | { readonly kind: 'embedded'; readonly dataDir: string };
 
+/** The name of the server of DATABASE_URL (or DB_*), which also keeps the registry and the master migrations. */
+export const MAIN_SERVER = 'main';
+
+/**
+ * One more PostgreSQL server that tenant schemas may live on (an entry of `TENANT_SERVERS`).
+ * TLS is the main server's (DB_SSL, DB_SSL_CERT_PATH…), or `sslmode` in its own URL.
+ */
+export interface TenantServerConfig {
+  /** `[a-z][a-z0-9_-]{0,31}`, unique, never `main`. */
+  readonly name: string;
+  /** Its `connectionString` no longer carries the toolkit's own parameters (`pool_max`, `weight`). */
+  readonly target: ConnectionTarget & { kind: 'server' };
+  /** Connections in this server's pool (`pool_max=` in its URL, default DB_POOL_MAX). */
+  readonly poolMax: number;
+  /** Its share of new tenants (`weight=` in its URL, default 1; 0 receives none). */
+  readonly weight: number;
+}
+
 /** The toolkit's whole configuration, validated. The library takes this; only the CLI reads the environment. */
 export interface ToolkitConfig {
   readonly connection: ConnectionTarget;
@@ -49,6 +67,13 @@ export interface ToolkitConfig {
    * installed, probed once per toolkit. See docs/citus.md.
    */
   readonly citus: CitusMode;
+  /**
+   * The other servers tenants may be placed on (`TENANT_SERVERS`), in the order given; empty
+   * (the default) keeps every tenant on the main server.
+   */
+  readonly servers: readonly TenantServerConfig[];
+  /** The main server's share of new tenants (`MAIN_SERVER_WEIGHT`, default 1; 0 receives none). */
+  readonly mainServerWeight: number;
 }
 
 /** `CITUS=on|off|auto`: whether tenant schemas are Citus distributed schemas. */
@@ -62,6 +87,9 @@ const FALSE = new Set(['0', 'false', 'no', 'off', 'disable', '']);
 const EXTENSION_NAME = /^[a-z_][a-z0-9_-]*$/;
 /** A role name that needs no quoting surprises: letters, digits, `_` and `$`, at most 63 bytes. */
 const ROLE_NAME = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/;
+const SERVER_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
+/** Weights are whole numbers; the bound only catches a typo (a weight of a million is a ratio nobody means). */
+const MAX_WEIGHT = 1_000_000;
 
 /** Defaults, shared by the validator and `.env.example`. */
 export const DEFAULTS = {
@@ -74,6 +102,7 @@ export const DEFAULTS = {
   ledgerKeepRuns: 200,
   ledgerKeepDays: 90,
   tenantAppRole: 'tenant_app',
+  serverWeight: 1,
 } as const;
 
 /**
@@ -92,6 +121,15 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   const tenantRoles = parseBoolean(env, 'TENANT_ROLES', false, problems);
   const tenantAppRole = parseRoleName(env, 'TENANT_APP_ROLE', DEFAULTS.tenantAppRole, problems);
   const citus = parseCitus(env, connection, problems);
+  const servers = parseTenantServers(env, connection, poolMax, problems);
+  const mainServerWeight = parseInteger(env, 'MAIN_SERVER_WEIGHT', DEFAULTS.serverWeight, 0, MAX_WEIGHT, problems);
+  if (mainServerWeight === 0 && servers.every((s) => s.weight === 0)) {
+    problems.push(
+      servers.length === 0
+        ? 'MAIN_SERVER_WEIGHT=0 leaves no server for new tenants: add TENANT_SERVERS or give the main server a weight'
+        : 'MAIN_SERVER_WEIGHT and every weight= of TENANT_SERVERS are 0: no server would receive new tenants',
+    );
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return {
     connection: connection!,
@@ -105,6 +143,8 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
     tenantRoles,
     tenantAppRole,
     citus,
+    servers,
+    mainServerWeight,
   };
 }
 
@@ -134,33 +174,8 @@ function parseConnection(env: Env, cwd: string, problems: string[]): ConnectionT
   if (url === undefined && !anyDbVar) {
     return { kind: 'embedded', dataDir: path.resolve(cwd, nonEmpty(env.PGLITE_DATA_DIR) ?? DEFAULTS.pgliteDataDir) };
   }
-  const ssl = parseSsl(env, cwd, problems);
-  if (url !== undefined) {
-    let parsed: URL;
-    try {
-      parsed = new URL(url);
-    } catch {
-      problems.push('DATABASE_URL is not a valid URL (expected postgres://user:password@host:5432/database)');
-      return undefined;
-    }
-    if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
-      problems.push(`DATABASE_URL must start with postgres:// or postgresql://, not ${parsed.protocol}//`);
-      return undefined;
-    }
-    const port = parsed.port === '' ? 5432 : Number(parsed.port);
-    const host = decodeURIComponent(parsed.hostname) || 'localhost';
-    return {
-      kind: 'server',
-      host,
-      port,
-      user: parsed.username === '' ? undefined : decodeURIComponent(parsed.username),
-      password: parsed.password === '' ? undefined : decodeURIComponent(parsed.password),
-      database: parsed.pathname.length > 1 ? decodeURIComponent(parsed.pathname.slice(1)) : undefined,
-      describe: `${host}:${port}`,
-      connectionString: url,
-      ssl: ssl ?? false,
-    };
-  }
+  const ssl = parseSsl(env, cwd, problems) ?? false;
+  if (url !== undefined) return parseServerUrl('DATABASE_URL', url, ssl, problems)?.target;
   const host = nonEmpty(env.DB_HOST) ?? 'localhost';
   const port = parseInteger(env, 'DB_PORT', 5432, 1, 65535, problems);
   return {
@@ -172,8 +187,181 @@ function parseConnection(env: Env, cwd: string, problems: string[]): ConnectionT
     database: nonEmpty(env.DB_NAME) ?? 'postgres',
     describe: `${host}:${port}`,
     connectionString: undefined,
-    ssl: ssl ?? false,
+    ssl,
   };
+}
+
+/**
+ * A server URL as a target (DATABASE_URL, or one entry of TENANT_SERVERS). `own` names query
+ * parameters that are the toolkit's, not the driver's: they are returned and removed from the
+ * connection string. A problem names `label` and never shows the URL (it may hold a password).
+ */
+function parseServerUrl(
+  label: string,
+  url: string,
+  ssl: ToolkitConfigSsl | false,
+  problems: string[],
+  own: readonly string[] = [],
+): { target: ConnectionTarget & { kind: 'server' }; params: ReadonlyMap<string, string> } | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    problems.push(`${label} is not a valid URL (expected postgres://user:password@host:5432/database)`);
+    return undefined;
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    problems.push(`${label} must start with postgres:// or postgresql://, not ${parsed.protocol}//`);
+    return undefined;
+  }
+  // `postgres:user:pw@host` parses too, as a path without a host: never what was meant.
+  if (!/^[a-z]+:\/\//i.test(url)) {
+    problems.push(`${label} is not a valid URL (expected postgres://user:password@host:5432/database)`);
+    return undefined;
+  }
+  const params = new Map<string, string>();
+  for (const key of own) {
+    const values = parsed.searchParams.getAll(key);
+    if (values.length > 1) problems.push(`${label}: ${key} is given ${values.length} times`);
+    if (values.length > 0) params.set(key, values[0]!);
+    parsed.searchParams.delete(key);
+  }
+  const port = parsed.port === '' ? 5432 : Number(parsed.port);
+  const host = decodeURIComponent(parsed.hostname) || 'localhost';
+  const target = {
+    kind: 'server',
+    host,
+    port,
+    user: parsed.username === '' ? undefined : decodeURIComponent(parsed.username),
+    password: parsed.password === '' ? undefined : decodeURIComponent(parsed.password),
+    database: parsed.pathname.length > 1 ? decodeURIComponent(parsed.pathname.slice(1)) : undefined,
+    describe: `${host}:${port}`,
+    // Untouched unless a parameter of ours was removed: the driver reads the rest (sslmode…).
+    connectionString: params.size === 0 ? url : parsed.toString(),
+    ssl,
+  } as const;
+  return { target, params };
+}
+
+/**
+ * `TENANT_SERVERS=eu1=postgres://…?pool_max=5&weight=2,eu2=postgres://…`: entries separated
+ * by commas (a comma inside a URL is written `%2C`), each `name=URL`. The URL's TLS is the main
+ * server's (DB_SSL, DB_SSL_CERT_PATH, DB_SSL_REJECT_UNAUTHORIZED), else its own `sslmode`.
+ */
+function parseTenantServers(
+  env: Env,
+  main: ConnectionTarget | undefined,
+  defaultPoolMax: number,
+  problems: string[],
+): TenantServerConfig[] {
+  const raw = nonEmpty(env.TENANT_SERVERS);
+  if (raw === undefined) return [];
+  if (main?.kind === 'embedded') {
+    problems.push(
+      'TENANT_SERVERS needs the main server as DATABASE_URL (or DB_*): the embedded engine cannot be one of several servers',
+    );
+    return [];
+  }
+  const ssl = main?.ssl ?? false;
+  const servers: TenantServerConfig[] = [];
+  // Two names for one database would count its tenants twice and place them as if on two servers.
+  const seen = new Map<string, string>(main === undefined ? [] : [[databaseKey(main), MAIN_SERVER]]);
+  const entries = raw
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== '');
+  for (const [i, entry] of entries.entries()) {
+    const named = splitEntry(entry, i + 1, servers, problems);
+    if (named === undefined) continue;
+    const label = `TENANT_SERVERS (${named.name})`;
+    const parsed = parseServerUrl(label, named.url, ssl, problems, ['pool_max', 'weight']);
+    if (parsed === undefined) continue;
+    const poolMax = wholeNumber(parsed.params.get('pool_max'), `${label}: pool_max`, defaultPoolMax, 1, 1000, problems);
+    const weight = wholeNumber(
+      parsed.params.get('weight'),
+      `${label}: weight`,
+      DEFAULTS.serverWeight,
+      0,
+      MAX_WEIGHT,
+      problems,
+    );
+    const key = databaseKey(parsed.target);
+    const twin = seen.get(key);
+    if (twin !== undefined) {
+      problems.push(`${label} is the same database as "${twin}" (${key})`);
+      continue;
+    }
+    seen.set(key, named.name);
+    servers.push({ name: named.name, target: parsed.target, poolMax, weight });
+  }
+  return servers;
+}
+
+/** One `name=URL` entry of TENANT_SERVERS, its name checked against the rules and the names before it. */
+function splitEntry(
+  entry: string,
+  position: number,
+  before: readonly TenantServerConfig[],
+  problems: string[],
+): { name: string; url: string } | undefined {
+  const at = entry.indexOf('=');
+  const name = at < 0 ? '' : entry.slice(0, at).trim();
+  const url = at < 0 ? '' : entry.slice(at + 1).trim();
+  // A URL without a name splits at a `=` of its own (`postgres://u:pa=ss@…`): never echo such a piece.
+  if (at < 0 || url === '' || /[:/@]/.test(name)) {
+    problems.push(`TENANT_SERVERS: entry ${position} must be name=postgres://…${describeEntry(entry)}`);
+    return undefined;
+  }
+  if (!SERVER_NAME.test(name)) {
+    const shown = /^[\w.-]*$/.test(name) ? `"${name}"` : `entry ${position}`;
+    problems.push(
+      `TENANT_SERVERS: ${shown} is not a server name (a lowercase letter, then up to 31 of a-z, 0-9, _ and -)`,
+    );
+    return undefined;
+  }
+  if (name === MAIN_SERVER) {
+    problems.push(`TENANT_SERVERS: "${MAIN_SERVER}" is reserved for the server of DATABASE_URL (or DB_*)`);
+    return undefined;
+  }
+  if (before.some((server) => server.name === name)) {
+    problems.push(`TENANT_SERVERS: "${name}" is named twice`);
+    return undefined;
+  }
+  return { name, url };
+}
+
+/** `host:port/database` (no user, no password), for messages. */
+export function describeServer(target: ConnectionTarget & { kind: 'server' }): string {
+  return target.database === undefined ? target.describe : `${target.describe}/${target.database}`;
+}
+
+function databaseKey(target: ConnectionTarget): string {
+  if (target.kind === 'embedded') return target.dataDir;
+  const at = `${target.host.toLowerCase()}:${target.port}`;
+  return target.database === undefined ? at : `${at}/${target.database}`;
+}
+
+/** An entry shown with its password replaced by `***`, or nothing when it is not a URL one can redact safely. */
+function describeEntry(entry: string): string {
+  const redacted = redactUrl(entry);
+  return redacted === undefined ? '' : `, got "${redacted}"`;
+}
+
+/**
+ * `url` with its password replaced by `***` (`postgres://user:***@host/db`), or undefined when
+ * it is not a URL with a host: then no part of it can safely be shown (`u:secret@host` parses
+ * as the scheme `u:` with a path that holds the password).
+ */
+export function redactUrl(url: string): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return undefined;
+  }
+  if (parsed.host === '') return undefined;
+  if (parsed.password !== '') parsed.password = '***';
+  return parsed.toString();
 }
 
 function parseSsl(env: Env, cwd: string, problems: string[]): ToolkitConfigSsl | undefined {
@@ -211,7 +399,19 @@ function parseBoolean(env: Env, name: string, fallback: boolean, problems: strin
 }
 
 function parseInteger(env: Env, name: string, fallback: number, min: number, max: number, problems: string[]): number {
-  const raw = nonEmpty(env[name]);
+  return wholeNumber(env[name], name, fallback, min, max, problems);
+}
+
+/** `text` as a whole number within [min, max]; `fallback` when it is unset or wrong (a problem naming `name`). */
+function wholeNumber(
+  text: string | undefined,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+  problems: string[],
+): number {
+  const raw = nonEmpty(text);
   if (raw === undefined) return fallback;
   const value = Number(raw);
   if (!/^\d+$/.test(raw) || !Number.isInteger(value) || value < min || value > max) {

@@ -26,11 +26,19 @@ export const CONFIG_KEYS = {
   escapeGuard: 'ESCAPE_GUARD',
   tenantRoles: 'TENANT_ROLES',
   citus: 'CITUS',
+  tenantServers: 'TENANT_SERVERS',
+  mainServerWeight: 'MAIN_SERVER_WEIGHT',
 } as const;
 
-/** A project's config file (`tenant-migrate.config.ts` etc.): every key optional. */
+/**
+ * A project's config file (`tenant-migrate.config.ts` etc.): every key optional.
+ * `tenantServers` is TENANT_SERVERS's text, or an object of name to URL
+ * (`{ eu1: 'postgres://…?weight=2' }`).
+ */
 export type ProjectConfig = {
-  readonly [K in keyof typeof CONFIG_KEYS]?: string | number | boolean | readonly string[];
+  readonly [K in keyof typeof CONFIG_KEYS]?: K extends 'tenantServers'
+    ? string | Readonly<Record<string, string>>
+    : string | number | boolean | readonly string[];
 };
 
 /**

@@ -110,11 +110,29 @@ function asVariables(value: unknown, where: string): Record<string, string> {
       continue;
     }
     if (raw === undefined || raw === null) continue;
-    if (Array.isArray(raw) && raw.every((item) => typeof item === 'string')) variables[variable] = raw.join(',');
+    if (key === 'tenantServers' && isRecord(raw)) {
+      const list = serverList(raw, `${where}: "${key}"`, problems);
+      if (list !== undefined) variables[variable] = list;
+    } else if (Array.isArray(raw) && raw.every((item) => typeof item === 'string')) variables[variable] = raw.join(',');
     else if (typeof raw === 'boolean') variables[variable] = raw ? 'on' : 'off';
     else if (typeof raw === 'string' || typeof raw === 'number') variables[variable] = String(raw);
     else problems.push(`${where}: "${key}" must be a string, a number, a boolean or a list of strings`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return variables;
+}
+
+/**
+ * `{ eu1: url1, eu2: url2 }` as TENANT_SERVERS's `eu1=url1,eu2=url2` (loadConfig then checks
+ * names and URLs). A comma inside a URL would split the list, so it is written `%2C`, which the
+ * URL decodes back to a comma; a name with `,` or `=` could not be read back, and is refused.
+ */
+function serverList(servers: Record<string, unknown>, where: string, problems: string[]): string | undefined {
+  const entries: string[] = [];
+  for (const [name, url] of Object.entries(servers)) {
+    if (/[,=]/.test(name)) problems.push(`${where}: "${name}" is not a server name`);
+    else if (typeof url !== 'string') problems.push(`${where}: "${name}" must be a URL (a string)`);
+    else entries.push(`${name}=${url.replaceAll(',', '%2C')}`);
+  }
+  return entries.length === Object.keys(servers).length ? entries.join(',') : undefined;
 }
