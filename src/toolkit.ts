@@ -1,8 +1,10 @@
+import { existsSync } from 'node:fs';
 import type { Knex } from 'knex';
 import { resolveCitus, schemaNodes } from './citus/citus.ts';
-import type { ToolkitConfig } from './config/config.ts';
+import { MAIN_SERVER, type ToolkitConfig } from './config/config.ts';
 import { type OpenOptions, openDatabase } from './db/connection.ts';
 import { prepareDump } from './db/pg-dump.ts';
+import { Servers } from './db/servers.ts';
 import { RegistryMissingError, UsageError } from './errors.ts';
 import { listTenantsReport, type TenantListOptions, type TenantListReport } from './fleet/list.ts';
 import { type FleetRunOptions, type FleetRunReport, runAcrossTenants } from './fleet/run.ts';
@@ -17,8 +19,14 @@ import {
 import { type Capabilities, probeCapabilities } from './migrations/books.ts';
 import { verifyChecksums } from './migrations/checksums.ts';
 import { collectDrift, type DriftReport } from './migrations/drift.ts';
-import { type FanoutPlan, type FanoutReport, runTenants, type TenantRunOptions } from './migrations/fanout.ts';
-import { runMaster } from './migrations/master.ts';
+import {
+  type FanoutPlan,
+  type FanoutReport,
+  runTenants,
+  type TenantRunOptions,
+  type TenantServerPools,
+} from './migrations/fanout.ts';
+import { runMaster, runShared, type SharedRunReport } from './migrations/master.ts';
 import { UP } from './migrations/plan.ts';
 import { type RollbackOptions, rollbackPlan } from './migrations/rollback.ts';
 import { folderSource, listMigrations, type Migration, type MigrationSource } from './migrations/source.ts';
@@ -56,8 +64,22 @@ export interface Toolkit {
   /** Applies pending master migrations (`dryRun`: runs them in a transaction and rolls back). */
   migrateMaster(options?: { dryRun?: boolean }): Promise<SchemaRunReport>;
   rollbackMaster(options?: { all?: boolean }): Promise<SchemaRunReport>;
+  /**
+   * Applies pending shared migrations (SHARED_MIGRATIONS_DIR, default `shared-migrations/`) to
+   * `public` on every server tenants live on, main included (`migrate:master` runs it after the
+   * master migrations). Empty when there is no such folder.
+   */
+  migrateShared(options?: { dryRun?: boolean }): Promise<SharedRunReport[]>;
   /** Provisions one organisation; `labels` are added to it, `dryRun` writes nothing. */
-  provisionTenant(orgId: string, options?: { labels?: readonly string[]; dryRun?: boolean }): Promise<ProvisionReport>;
+  provisionTenant(
+    orgId: string,
+    options?: {
+      labels?: readonly string[];
+      dryRun?: boolean;
+      /** The server a new tenant goes to (`TENANT_SERVERS`; default: the placement rule). */
+      server?: string;
+    },
+  ): Promise<ProvisionReport>;
   /** Adds (or removes) labels on a registered tenant; returns its labels after the change. */
   labelTenant(orgId: string, labels: readonly string[], options?: { remove?: boolean }): Promise<string[]>;
   migrateTenants(options?: MigrateTenantsOptions): Promise<FanoutReport>;
@@ -107,6 +129,7 @@ export interface Toolkit {
 export interface ToolkitSources {
   readonly master?: MigrationSource;
   readonly tenant?: MigrationSource;
+  readonly shared?: MigrationSource;
 }
 
 /**
@@ -123,6 +146,12 @@ export function createToolkit(options: {
 }): Toolkit {
   const { knex, config } = options;
   const masterSource = options.sources?.master ?? folderSource(config.masterMigrationsDir, 'MASTER_MIGRATIONS_DIR');
+  // Optional: a project without the folder has no shared migrations.
+  const sharedSource =
+    options.sources?.shared ??
+    (existsSync(config.sharedMigrationsDir)
+      ? folderSource(config.sharedMigrationsDir, 'SHARED_MIGRATIONS_DIR')
+      : undefined);
   const tenantSource = options.sources?.tenant ?? folderSource(config.tenantMigrationsDir, 'TENANT_MIGRATIONS_DIR');
   const settings: RunSettings = { lockTimeoutMs: config.lockTimeoutMs, escapeGuard: config.escapeGuard };
   const poolMax = options.poolMax ?? config.poolMax;
@@ -132,6 +161,9 @@ export function createToolkit(options: {
     return tenantMigrations;
   };
   const memo = provisionMemo();
+  // Tenants on several servers (TENANT_SERVERS): each server's pool opens on first use.
+  const servers = config.servers.length > 0 ? new Servers(config, knex) : undefined;
+  const pools: TenantServerPools | undefined = servers;
   const location = options.location ?? 'the configured database';
   let citusMode: Promise<boolean> | undefined;
   const citus = (): Promise<boolean> => {
@@ -151,7 +183,17 @@ export function createToolkit(options: {
     const capabilities = await probeCapabilities(knex);
     if (!capabilities.registry) throw new RegistryMissingError();
     const recorded = await verifyChecksums(knex, 'tenant', migrations);
-    const context = { knex, migrations, settings, capabilities, recorded, poolMax, retention: config.ledgerRetention };
+    if (servers && !capabilities.servers) throw serversMigrationMissing();
+    const context = {
+      knex,
+      migrations,
+      settings,
+      capabilities,
+      recorded,
+      poolMax,
+      retention: config.ledgerRetention,
+      ...(pools ? { servers: pools } : {}),
+    };
     return runTenants(context, await plan(capabilities, migrations), run);
   };
 
@@ -164,6 +206,17 @@ export function createToolkit(options: {
     citus,
     migrateMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'up', o),
     rollbackMaster: async (o = {}) => runMaster(knex, await masterSource.load(), settings, 'down', o),
+    migrateShared: async (o = {}) => {
+      const migrations = sharedSource ? await sharedSource.load() : [];
+      if (migrations.length === 0) return [];
+      const names = servers?.names ?? [MAIN_SERVER];
+      const targets = names.map((name) => ({
+        name,
+        location: servers ? servers.describe(name) : location,
+        knex: () => servers?.knexFor(name) ?? knex,
+      }));
+      return runShared(knex, targets, migrations, settings, o);
+    },
     provisionTenant: async (orgId, o = {}) =>
       provision(knex, orgId, {
         migrations: await loadTenant(),
@@ -174,6 +227,8 @@ export function createToolkit(options: {
         ...(o.labels ? { labels: o.labels } : {}),
         ...(o.dryRun ? { dryRun: true } : {}),
         ...((await citus()) ? { citus: true } : {}),
+        ...(servers ? { servers } : {}),
+        ...(o.server !== undefined ? { server: o.server } : {}),
       }),
     labelTenant: async (orgId, labels, o = {}) => {
       validateOrgId(orgId);
@@ -250,9 +305,19 @@ export function createToolkit(options: {
     },
     runs: async (o = {}) => ((await probeCapabilities(knex)).ledger ? listRuns(knex, o) : []),
     run: async (id) => ((await probeCapabilities(knex)).ledger ? getRun(knex, id) : undefined),
-    close: options.close ?? (async () => undefined),
+    close: async () => {
+      await servers?.close();
+      await options.close?.();
+    },
   };
   return toolkit;
+}
+
+function serversMigrationMissing(): UsageError {
+  return new UsageError(
+    'TENANT_SERVERS is set but this registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
+    { code: 'E_NO_SERVERS_COLUMN' },
+  );
 }
 
 /** Citus mode: each tenant's row names its node (`host:port`; null when its schema is not distributed). */

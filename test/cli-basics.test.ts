@@ -21,6 +21,7 @@ const MASTER_NAMES = [
   '20261202000003_tracking_trigger.ts',
   '20261202000010_ledger_tenants_run.ts',
   '20261202000011_tenant_lifecycle_statuses.ts',
+  '20261203000001_tenant_servers.ts',
 ];
 const STACK = /^\s+at /m;
 

@@ -36,6 +36,7 @@ describe('master migrations', () => {
       '20261202000003_tracking_trigger.ts',
       '20261202000010_ledger_tenants_run.ts',
       '20261202000011_tenant_lifecycle_statuses.ts',
+      '20261203000001_tenant_servers.ts',
     ]);
     expect(await tables()).toEqual(
       expect.arrayContaining([
@@ -74,7 +75,7 @@ describe('master migrations', () => {
   it('rolls back the last batch, then migrates again', async () => {
     const down = await tk.rollbackMaster();
     expect(down.error).toBeNull();
-    expect(down.migrations).toHaveLength(8);
+    expect(down.migrations).toHaveLength(9);
     expect(await tables()).not.toContain('tenants');
     const count = await tk.knex('knex_migrations_master').withSchema('public').count<{ count: string }[]>('* as count');
     expect(Number(count[0]!.count)).toBe(0);

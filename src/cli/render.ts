@@ -3,6 +3,7 @@ import type cliProgress from 'cli-progress';
 import pc from 'picocolors';
 import type { RunDetail, RunSummary } from '../ledger/history.ts';
 import type { FanoutReport, TenantReport } from '../migrations/fanout.ts';
+import type { SharedRunReport } from '../migrations/master.ts';
 import type { SchemaRunReport } from '../migrations/unit.ts';
 import type { ProvisionReport } from '../provisioning/provisioner.ts';
 
@@ -52,9 +53,31 @@ export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
-export const masterRun: Renderer<SchemaRunReport> = {
-  json: (report) => ({ command: report.direction === 'up' ? 'migrate:master' : 'rollback:master', ...report }),
-  text: (report) => {
+/** `migrate:master`: the master run, and the shared migrations' run on each server when there are any. */
+export type MasterCommandReport = SchemaRunReport & { readonly shared?: readonly SharedRunReport[] };
+
+export const masterRun: Renderer<MasterCommandReport> = {
+  json: (report) => {
+    const { shared, ...master } = report;
+    return {
+      command: report.direction === 'up' ? 'migrate:master' : 'rollback:master',
+      ...master,
+      ...(shared && shared.length > 0 ? { shared } : {}),
+    };
+  },
+  text: (report) => [...masterLines(report), ...(report.shared ?? []).map(sharedLine)],
+};
+
+/** One server's shared migrations, one line. */
+function sharedLine({ server, location, report }: SharedRunReport): string {
+  const where = `${server} (${location})`;
+  if (report.error) return pc.red(`Shared migrations failed on ${where}: ${report.error.message}`);
+  if (report.migrations.length === 0) return `Shared migrations on ${where}: up to date`;
+  return `Shared migrations on ${where}: applied ${plural(report.migrations.length, 'migration')}: ${report.migrations.join(', ')}`;
+}
+
+const masterLines = (report: SchemaRunReport): string[] => {
+  {
     if (report.outcome === 'would-fail')
       return [pc.red(`Dry run: master migration would fail: ${report.error?.message}`)];
     if (report.error) return [pc.red(`Master migration failed: ${report.error.message}`)];
@@ -69,7 +92,7 @@ export const masterRun: Renderer<SchemaRunReport> = {
         ? [report.direction === 'up' ? 'Already up to date' : 'Nothing to roll back']
         : [`${verb} ${plural(report.migrations.length, 'master migration')}: ${report.migrations.join(', ')}`];
     return [...lines, ...report.warnings.map((w) => pc.yellow(`warning: ${w}`))];
-  },
+  }
 };
 
 export const provisionRun: Renderer<ProvisionReport> = {

@@ -40,6 +40,12 @@ export interface TenantServerConfig {
 export interface ToolkitConfig {
   readonly connection: ConnectionTarget;
   readonly masterMigrationsDir: string;
+  /**
+   * Migrations of `public` that every server tenants live on needs (extensions, shared types and
+   * tables tenants reference): applied by `migrate:master` to the main server and to each of
+   * TENANT_SERVERS, tracked per server in `public.knex_migrations_shared`. Optional folder.
+   */
+  readonly sharedMigrationsDir: string;
   readonly tenantMigrationsDir: string;
   /** Extensions every tenant needs in `public` (default `vector`). */
   readonly tenantExtensions: readonly string[];
@@ -94,6 +100,7 @@ const MAX_WEIGHT = 1_000_000;
 /** Defaults, shared by the validator and `.env.example`. */
 export const DEFAULTS = {
   masterMigrationsDir: 'master-migrations',
+  sharedMigrationsDir: 'shared-migrations',
   tenantMigrationsDir: 'tenant-migrations',
   pgliteDataDir: '.pglite',
   tenantExtensions: 'vector',
@@ -134,6 +141,7 @@ export function loadConfig(env: Env, cwd: string = process.cwd()): ToolkitConfig
   return {
     connection: connection!,
     masterMigrationsDir: path.resolve(cwd, nonEmpty(env.MASTER_MIGRATIONS_DIR) ?? DEFAULTS.masterMigrationsDir),
+    sharedMigrationsDir: path.resolve(cwd, nonEmpty(env.SHARED_MIGRATIONS_DIR) ?? DEFAULTS.sharedMigrationsDir),
     tenantMigrationsDir: path.resolve(cwd, nonEmpty(env.TENANT_MIGRATIONS_DIR) ?? DEFAULTS.tenantMigrationsDir),
     tenantExtensions,
     poolMax: connection!.kind === 'embedded' ? 1 : poolMax,

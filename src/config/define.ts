@@ -17,6 +17,7 @@ export const CONFIG_KEYS = {
   dbSslRejectUnauthorized: 'DB_SSL_REJECT_UNAUTHORIZED',
   pgliteDataDir: 'PGLITE_DATA_DIR',
   masterMigrationsDir: 'MASTER_MIGRATIONS_DIR',
+  sharedMigrationsDir: 'SHARED_MIGRATIONS_DIR',
   tenantMigrationsDir: 'TENANT_MIGRATIONS_DIR',
   tenantExtensions: 'TENANT_EXTENSIONS',
   poolMax: 'DB_POOL_MAX',

@@ -1,9 +1,7 @@
 import knexFactory, { type Knex } from 'knex';
 import type { ConnectionTarget, ToolkitConfig } from '../config/config.ts';
-import { ConnectionError, ToolkitError } from '../errors.ts';
 import { connectionFailure } from './connection-errors.ts';
 import type { EmbeddedServer } from './embedded.ts';
-import { networkErrorCode, SQLSTATE, sqlState } from './pg-errors.ts';
 
 export { connectionFailure, isConnectionLoss } from './connection-errors.ts';
 

@@ -54,6 +54,11 @@ export class Servers {
     return knex;
   }
 
+  /** Connections in a server's pool (`pool_max=`; the main server's is DB_POOL_MAX). */
+  poolMax(name: string): number {
+    return name === MAIN_SERVER ? this.#config.poolMax : this.#server(name).poolMax;
+  }
+
   /** `host:port/database` of a server, for messages: never a user or a password. */
   describe(name: string): string {
     if (name === MAIN_SERVER) {

@@ -16,6 +16,8 @@ import { type SchemaTarget, TRACKING_TRIGGER_FUNCTION, trackingChange } from './
  * written in exactly one function here, and only the per-tenant unit (`unit.ts`) calls them:
  * - tracking rows, the registry digest, the cleared last error and the ledger row:
  *   `RunBooks.recordSteps`, one statement in the batch's own transaction;
+ *   for a tenant on another server than the registry's, the tracking rows only, and the rest by
+ *   `RunBooks.settle` on the main server once the batch has committed;
  * - a failure (last error and the ledger row): `RunBooks.recordFailure`, after the rollback;
  * - checksums of the files applied: `RunBooks.close`, once per run (they are fleet-wide).
  */
@@ -34,6 +36,8 @@ export interface Capabilities {
    * so tenant tracking tables get the trigger that clears the digest on outside changes.
    */
   readonly trackingTrigger: boolean;
+  /** `public.tenants.server` exists (master migration `20261203000001_tenant_servers`). */
+  readonly servers: boolean;
 }
 
 export const NO_CAPABILITIES: Capabilities = {
@@ -42,6 +46,7 @@ export const NO_CAPABILITIES: Capabilities = {
   ledger: false,
   labels: false,
   trackingTrigger: false,
+  servers: false,
 };
 
 export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<Capabilities> {
@@ -52,6 +57,8 @@ export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<
             to_regclass('public.tenant_migration_run_tenants') is not null as ledger,
             exists (select 1 from pg_attribute where attrelid = to_regclass('public.tenants')
                      and attname = 'labels' and not attisdropped) as labels,
+            exists (select 1 from pg_attribute where attrelid = to_regclass('public.tenants')
+                     and attname = 'server' and not attisdropped) as servers,
             -- Not with Citus: a trigger on a distributed table runs on a worker, where public.tenants is not.
             to_regprocedure(?) is not null
               and not exists (select 1 from pg_extension where extname = 'citus') as tracking_trigger`,
@@ -61,9 +68,9 @@ export async function probeCapabilities(conn: Knex | Knex.Transaction): Promise<
     | (Record<Exclude<keyof Capabilities, 'trackingTrigger'>, boolean> & { tracking_trigger: boolean })
     | undefined;
   if (!row) return NO_CAPABILITIES;
-  const { registry, digest, ledger, labels } = row;
+  const { registry, digest, ledger, labels, servers } = row;
   // The trigger clears the digest: without the column it has nothing to clear.
-  return { registry, digest, ledger, labels, trackingTrigger: row.tracking_trigger && digest };
+  return { registry, digest, ledger, labels, servers, trackingTrigger: row.tracking_trigger && digest };
 }
 
 /**
@@ -76,7 +83,8 @@ export class CapabilityMemo {
 
   async get(knex: Knex): Promise<Capabilities> {
     const known = this.#known;
-    if (known?.registry && known.digest && known.ledger && known.labels && known.trackingTrigger) return known;
+    if (known?.registry && known.digest && known.ledger && known.labels && known.trackingTrigger && known.servers)
+      return known;
     this.#known = await probeCapabilities(knex);
     return this.#known;
   }
@@ -98,6 +106,17 @@ export interface TenantRef {
   readonly schema: string;
 }
 
+/** One batch (or step) as `recordSteps` records it. */
+export interface RecordedStep {
+  readonly direction: 'up' | 'down';
+  readonly names: readonly string[];
+  readonly batch: number;
+  readonly digest: string | undefined;
+  readonly durationMs: number;
+  /** Also set the tenant ACTIVE (provisioning, restore), in the same statement. */
+  readonly activate?: boolean;
+}
+
 /** The bookkeeping of one run (a fan-out, a provisioning, a lazy migration, a master run). */
 export class RunBooks {
   readonly #knex: Knex;
@@ -109,6 +128,8 @@ export class RunBooks {
   /** A one-tenant run opened ahead because its batch commits step by step. */
   #sessionRun: OpenRun | undefined;
   readonly #applied = new Set<string>();
+  /** Batches committed on another server whose registry side is not written yet (`settle`). */
+  readonly #unsettled = new Map<string, { tenant: TenantRef | undefined; step: RecordedStep }>();
   #complete = false;
 
   constructor(options: {
@@ -141,24 +162,49 @@ export class RunBooks {
     conn: Knex | Knex.Transaction,
     target: SchemaTarget,
     tenant: TenantRef | undefined,
-    step: {
-      readonly direction: 'up' | 'down';
-      readonly names: readonly string[];
-      readonly batch: number;
-      readonly digest: string | undefined;
-      readonly durationMs: number;
-      /** Also set the tenant ACTIVE (provisioning, restore), in the same statement. */
-      readonly activate?: boolean;
-    },
+    step: RecordedStep,
   ): Promise<void> {
     const clauses: string[] = [];
     const bindings: Knex.RawBinding[] = [];
     if (step.names.length > 0) {
       const change = trackingChange(target, step.direction, step.names, step.batch);
-      clauses.push(`tracking as (${change.sql} returning 1)`);
-      bindings.push(...change.bindings);
       if (step.direction === 'up') for (const name of step.names) this.#applied.add(name);
+      if (target.server !== undefined) {
+        // The registry is on another server: the tracking rows commit with the batch, the rest after it.
+        await conn.raw(change.sql, change.bindings);
+      } else {
+        clauses.push(`tracking as (${change.sql} returning 1)`);
+        bindings.push(...change.bindings);
+      }
     }
+    if (target.server !== undefined) {
+      this.#unsettled.set(target.schema, { tenant, step });
+      return;
+    }
+    await this.#writeRegistry(conn, target, tenant, step, clauses, bindings);
+  }
+
+  /**
+   * For a tenant on another server than the registry's, after its batch committed there: its
+   * ledger row, digest, cleared error (and activation) on the main server. A crash before this
+   * leaves the registry one step behind (the run is then `interrupted`, the digest stale, which
+   * only makes the next run read that tenant's tracking table); no-op for a tenant on main.
+   */
+  async settle(target: SchemaTarget): Promise<void> {
+    const pending = this.#unsettled.get(target.schema);
+    if (!pending) return;
+    this.#unsettled.delete(target.schema);
+    await this.#writeRegistry(this.#knex, { ...target, server: undefined }, pending.tenant, pending.step, [], []);
+  }
+
+  async #writeRegistry(
+    conn: Knex | Knex.Transaction,
+    target: SchemaTarget,
+    tenant: TenantRef | undefined,
+    step: RecordedStep,
+    clauses: string[],
+    bindings: Knex.RawBinding[],
+  ): Promise<void> {
     const ledger = target.tenant && tenant && step.names.length > 0 ? this.#ledgerClause(tenant, step) : undefined;
     if (ledger) {
       clauses.push(ledger.sql);
@@ -184,7 +230,7 @@ export class RunBooks {
 
   /** Sets the tenant ACTIVE after a stepped (`transaction: false`) batch's last step. */
   async activate(conn: Knex | Knex.Transaction, target: SchemaTarget): Promise<void> {
-    await conn.raw(
+    await (target.server === undefined ? conn : this.#knex).raw(
       `update public.tenants set status = 'ACTIVE', error = null, updated_at = now() where schema_name = ?`,
       [target.schema],
     );
@@ -212,7 +258,10 @@ export class RunBooks {
     const message = failure.error?.message ?? null;
     const update =
       'update public.tenants set last_migration_error = ?, updated_at = now() where schema_name = ? and last_migration_error is distinct from ?';
-    await conn.raw(clauses.length > 0 ? `with ${clauses.join(', ')} ${update}` : update, [
+    // The registry's server, whichever server the tenant's batch ran on.
+    const registry = target.server === undefined ? conn : this.#knex;
+    this.#unsettled.delete(target.schema);
+    await registry.raw(clauses.length > 0 ? `with ${clauses.join(', ')} ${update}` : update, [
       ...bindings,
       message,
       target.schema,
@@ -224,10 +273,12 @@ export class RunBooks {
    * A `transaction: false` batch commits step by step: a one-tenant run gets its ledger row
    * opened first (`running`), so that every step appends to the same run.
    */
-  async beforeSteppedBatch(conn: Knex): Promise<void> {
+  async beforeSteppedBatch(conn: Knex, target: SchemaTarget): Promise<void> {
     if (this.#ledger.mode !== 'per-call') return;
-    // On the batch's own connection: on a pool of one, the pool has none to spare meanwhile.
-    this.#sessionRun = await openRun(this.#knex, this.#ledger.identity, conn);
+    // On the batch's own connection: on a pool of one, the pool has none to spare meanwhile
+    // (unless the batch runs on another server than the registry's).
+    const on = target.server === undefined ? conn : undefined;
+    this.#sessionRun = await openRun(this.#knex, this.#ledger.identity, on);
     this.#ledger = { mode: 'run', run: this.#sessionRun };
   }
 

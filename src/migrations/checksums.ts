@@ -10,7 +10,7 @@ import type { Migration } from './source.ts';
  */
 const TABLE = 'knex_migrations_checksums';
 
-export type ChecksumScope = 'master' | 'tenant';
+export type ChecksumScope = 'master' | 'shared' | 'tenant';
 
 async function exists(knex: Knex): Promise<boolean> {
   const result = await knex.raw('select to_regclass(?) is not null as present', [`public.${TABLE}`]);

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { UsageError } from '../errors.ts';
+import { messageOf, UsageError } from '../errors.ts';
 import { closeRun, type OpenRun, openRun, pruneLedger, type Retention, type RunIdentity } from '../ledger/ledger.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { listTenants, type Tenant } from '../tenants/registry.ts';
@@ -86,6 +86,8 @@ export interface TenantRunOptions {
   readonly waves?: readonly Amount[];
   /** Only tenants carrying one of these labels. */
   readonly labels?: readonly string[];
+  /** Only tenants on these servers (`main` is the registry's own; TENANT_SERVERS names the others). */
+  readonly servers?: readonly string[];
   /** Preflight: run every batch, then roll it back; write nothing. */
   readonly dryRun?: boolean;
   /** With `dryRun`: capture the SQL of the first tenant with work (`--sql`). */
@@ -111,9 +113,26 @@ export interface FanoutPlan {
   readonly rollsBack?: number;
 }
 
+/**
+ * The servers tenants live on (`TENANT_SERVERS`, src/db/servers.ts): each tenant's batch runs on
+ * its server's pool, with the run's concurrency per server. Absent: every tenant is on `knex`.
+ */
+export interface TenantServerPools {
+  knexFor(name: string | null): Knex;
+  /** The pool size of a server (its concurrency cap). */
+  poolMax(name: string): number;
+  /** `host:port/database` for messages. */
+  describe(name: string): string;
+}
+
+/** The name of the registry's own server (a registry row whose `server` is null). */
+export const MAIN = 'main';
+
 /** What the toolkit hands the fan-out: the run's shared parts. */
 export interface FanoutContext {
   readonly knex: Knex;
+  /** Tenants on several servers; absent when none are configured. */
+  readonly servers?: TenantServerPools;
   readonly migrations: readonly Migration[];
   readonly settings: RunSettings;
   readonly capabilities: Capabilities;
@@ -165,16 +184,41 @@ export async function runTenants(
     options.onStart?.(tenants.length, queue.length);
     for (const report of classified.preliminary) emit(report);
 
-    const unitRun = { knex: ctx.knex, migrations: ctx.migrations, settings: ctx.settings, books, dryRun };
+    const down = new Map<string, string>();
     const runOne = async ({ tenant, intent, hint }: Queued, sqlLog?: string[]): Promise<TenantReport> => {
+      const server = serverOf(tenant);
+      const unreachable = down.get(server);
+      if (unreachable !== undefined) {
+        const report = failed(tenant, unreachable);
+        emit(report);
+        return report;
+      }
+      let knex: Knex;
+      try {
+        knex = knexOf(ctx, server);
+      } catch (error) {
+        down.set(server, messageOf(error));
+        const report = failed(tenant, messageOf(error));
+        emit(report);
+        return report;
+      }
       const t0 = Date.now();
-      const run = await migrateSchema(unitRun, tenantTarget(tenant.schema), {
+      const unitRun = { knex, migrations: ctx.migrations, settings: ctx.settings, books, dryRun };
+      const run = await migrateSchema(unitRun, tenantTarget(tenant.schema, tenant.server), {
         intent,
         tenant: { orgId: tenant.orgId, schema: tenant.schema },
         ...(hint ? { hint } : {}),
         ...(sqlLog ? { sqlLog } : {}),
       });
-      const report = fromRun(tenant, run, Date.now() - t0);
+      let report = fromRun(tenant, run, Date.now() - t0);
+      // A tenant server that stopped answering fails its remaining tenants at once, with one line.
+      if (run.error && server !== MAIN) {
+        const why = down.get(server) ?? (await probe(ctx.servers, server));
+        if (why !== undefined) {
+          down.set(server, why);
+          report = { ...report, error: { migration: null, message: why, code: 'E_SERVER_DOWN' } };
+        }
+      }
       emit(report);
       return report;
     };
@@ -193,29 +237,40 @@ export async function runTenants(
       sql = { orgId: first.tenant.orgId, schema: first.tenant.schema, statements };
       waves.push([first.tenant.orgId]);
     }
+    const begun = new Set<Queued>(queue.slice(0, next));
     for (const [index, end] of pace.ends.entries()) {
       if (next >= end) continue;
       const wave = queue.slice(next, end);
+      next = end;
       waves.push(wave.map((q) => q.tenant.orgId));
       options.onWave?.(waves.length, pace.ends.length, wave.length);
-      const worker = async (): Promise<void> => {
-        while (stoppedBy === null && next < end) {
-          const report = await runOne(queue[next++]!);
-          if (isFailure(report.outcome) && ++failures >= pace.budget) stoppedBy = 'max-failures';
-        }
-      };
-      const concurrency = Math.max(1, Math.min(options.concurrency ?? ctx.poolMax, ctx.poolMax, wave.length));
-      await Promise.all(Array.from({ length: concurrency }, worker));
+      // Each server's tenants on its own pool, as many at once as that pool allows.
+      await Promise.all(
+        [...groupBy(wave, (q) => serverOf(q.tenant))].map(([server, items]) => {
+          let taken = 0;
+          const worker = async (): Promise<void> => {
+            while (stoppedBy === null && taken < items.length) {
+              const item = items[taken++]!;
+              begun.add(item);
+              const report = await runOne(item);
+              if (isFailure(report.outcome) && ++failures >= pace.budget) stoppedBy = 'max-failures';
+            }
+          };
+          const pool = poolMaxOf(ctx, server);
+          const concurrency = Math.max(1, Math.min(options.concurrency ?? pool, pool, items.length));
+          return Promise.all(Array.from({ length: concurrency }, worker));
+        }),
+      );
       if (stoppedBy !== null) break;
       // A failure among the canaries, or in a wave of a paced run, stops before the next wave.
       const isCanaryWave = index === 0 && canaries.length > 0;
-      if (failures > 0 && next < queue.length && (isCanaryWave || pace.stopBetweenWaves)) {
+      if (failures > 0 && begun.size < queue.length && (isCanaryWave || pace.stopBetweenWaves)) {
         stoppedBy = isCanaryWave ? 'canary' : 'wave';
         break;
       }
     }
     const reason = stoppedBy === null ? '' : stopMessage(stoppedBy, pace.budget);
-    for (const { tenant } of queue.slice(next)) emit(skipped(tenant, reason));
+    for (const item of queue) if (!begun.has(item)) emit(skipped(item.tenant, reason));
     const totals = totalsOf(reports, dryRun);
     if (!dryRun) await books.close();
     if (ledgerRun) await finishRun(ctx, ledgerRun, totals);
@@ -312,6 +367,8 @@ async function classify(
   const queue: Queued[] = [];
   const preliminary: TenantReport[] = [];
   const localDigest = folderDigest(ctx.migrations);
+  // Only for tenants on the registry's server: elsewhere no trigger clears the digest when plain
+  // Knex changes a tracking table, so those are always read.
   const trustDigest = plan.direction === 'up' && ctx.capabilities.digest && !verify;
   const toScan: { tenant: Tenant; intent: Intent }[] = [];
   for (const tenant of tenants) {
@@ -323,15 +380,45 @@ async function classify(
     if ('skip' in intent) preliminary.push(skipped(tenant, intent.skip));
     // A hand-edited row naming `public` (or any non-derived name) is refused by the run, never scanned.
     else if (!isTenantSchemaName(tenant.schema)) queue.push({ tenant, intent, hint: undefined });
-    else if (trustDigest && tenant.migrationsDigest === localDigest && tenant.lastMigrationError === null) {
+    else if (
+      trustDigest &&
+      serverOf(tenant) === MAIN &&
+      tenant.migrationsDigest === localDigest &&
+      tenant.lastMigrationError === null
+    ) {
       books.noteComplete();
       preliminary.push(upToDate(tenant));
     } else toScan.push({ tenant, intent });
   }
-  const bySchema = new Map(toScan.map((t) => [t.tenant.schema, t]));
-  const schemas = toScan.map((t) => t.tenant.schema);
-  const parallel = Math.min(4, ctx.poolMax);
-  for await (const states of scanSchemas(ctx.knex, schemas, TENANT_TRACKING_TABLE, parallel)) {
+  for (const [server, group] of groupBy(toScan, (t) => serverOf(t.tenant))) {
+    try {
+      await scanGroup(ctx, plan, server, group, books, localDigest, queue, preliminary);
+    } catch (error) {
+      if (server === MAIN) throw error;
+      // A tenant server that does not answer: its tenants fail with one line; the others go on.
+      const why = (await probe(ctx.servers, server)) ?? messageOf(error);
+      const reported = new Set([...queue, ...preliminary].map((r) => ('tenant' in r ? r.tenant.schema : r.schema)));
+      for (const { tenant } of group) if (!reported.has(tenant.schema)) preliminary.push(failed(tenant, why));
+    }
+  }
+  return { queue, preliminary };
+}
+
+/** Reads one server's tenants' tracking tables (a few catalog round trips) and sorts them. */
+async function scanGroup(
+  ctx: FanoutContext,
+  plan: FanoutPlan,
+  server: string,
+  group: readonly { tenant: Tenant; intent: Intent }[],
+  books: RunBooks,
+  localDigest: string,
+  queue: Queued[],
+  preliminary: TenantReport[],
+): Promise<void> {
+  const bySchema = new Map(group.map((t) => [t.tenant.schema, t]));
+  const schemas = group.map((t) => t.tenant.schema);
+  const parallel = Math.min(4, poolMaxOf(ctx, server));
+  for await (const states of scanSchemas(knexOf(ctx, server), schemas, TENANT_TRACKING_TABLE, parallel)) {
     for (const [schema, state] of states) {
       const { tenant, intent } = bySchema.get(schema)!;
       // A missing schema is left to the unit, which reports it under the tenant's lock like any
@@ -352,7 +439,52 @@ async function classify(
       } else queue.push({ tenant, intent, hint: state.applied });
     }
   }
-  return { queue, preliminary };
+}
+
+/** The server a tenant lives on (`main` for a registry row without one). */
+export function serverOf(tenant: Tenant): string {
+  return tenant.server ?? MAIN;
+}
+
+/** A tenant's server's Knex; throws (UnknownServerError) for a server this configuration does not name. */
+function knexOf(ctx: FanoutContext, server: string): Knex {
+  if (server === MAIN) return ctx.knex;
+  if (!ctx.servers)
+    throw new UsageError(`server ${server} is not configured (TENANT_SERVERS)`, { code: 'E_UNKNOWN_SERVER' });
+  return ctx.servers.knexFor(server);
+}
+
+function poolMaxOf(ctx: FanoutContext, server: string): number {
+  return ctx.servers && server !== MAIN ? ctx.servers.poolMax(server) : ctx.poolMax;
+}
+
+/** Groups in first-seen order. */
+export function groupBy<T>(items: readonly T[], key: (item: T) => string): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const k = key(item);
+    const group = groups.get(k);
+    if (group) group.push(item);
+    else groups.set(k, [item]);
+  }
+  return groups;
+}
+
+/** Undefined when the server answers `select 1`; else the one line that says it does not. */
+export async function probe(servers: TenantServerPools | undefined, server: string): Promise<string | undefined> {
+  let knex: Knex;
+  try {
+    if (!servers) throw new UsageError(`server ${server} is not configured (TENANT_SERVERS)`);
+    knex = servers.knexFor(server);
+  } catch (error) {
+    return messageOf(error);
+  }
+  try {
+    await knex.raw('select 1');
+    return undefined;
+  } catch (error) {
+    return `server ${server} (${servers.describe(server)}) is unreachable: ${messageOf(error).split('\n')[0]}`;
+  }
 }
 
 /**
@@ -360,6 +492,16 @@ async function classify(
  * must be registered), narrowed to `labels`. Exported for `tenants:run` (src/fleet/run.ts).
  */
 export async function selectTenants(
+  ctx: Pick<FanoutContext, 'knex' | 'capabilities'>,
+  options: Pick<TenantRunOptions, 'orgIds' | 'labels' | 'canaryLabel' | 'servers'>,
+): Promise<Tenant[]> {
+  const all = await selectRegistered(ctx, options);
+  const servers = options.servers;
+  if (!servers || servers.length === 0) return all;
+  return all.filter((t) => servers.includes(serverOf(t)));
+}
+
+async function selectRegistered(
   ctx: Pick<FanoutContext, 'knex' | 'capabilities'>,
   options: Pick<TenantRunOptions, 'orgIds' | 'labels' | 'canaryLabel'>,
 ): Promise<Tenant[]> {
@@ -372,6 +514,7 @@ export async function selectTenants(
   const query = {
     withDigest: capabilities.digest,
     withLabels: capabilities.labels,
+    withServers: capabilities.servers,
     ...(options.labels && options.labels.length > 0 ? { labels: options.labels } : {}),
   };
   if (orgIds === undefined) return listTenants(knex, query);
@@ -414,6 +557,10 @@ function notActiveReason(status: string): string {
         ? ' (deleted: its schema was dropped)'
         : '';
   return `status is ${status}, not ACTIVE${why}`;
+}
+
+function failed(tenant: Tenant, message: string): TenantReport {
+  return { ...base(tenant), outcome: 'failed', error: { migration: null, message, code: 'E_SERVER_DOWN' } };
 }
 
 function skipped(tenant: Tenant, reason: string): TenantReport {

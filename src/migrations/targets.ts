@@ -14,7 +14,27 @@ export const MASTER_TARGET: SchemaTarget = {
   knexLockTable: true,
 };
 
-/** A tenant's schema first, `public` after it (for extension types such as `vector`). */
-export function tenantTarget(schema: string): SchemaTarget {
-  return { schema, trackingTable: TENANT_TRACKING_TABLE, searchPath: tenantSearchPath(schema), tenant: true };
+/** The shared migrations' history table in each server's `public` (Knex's format). */
+export const SHARED_TRACKING_TABLE = 'knex_migrations_shared';
+
+/** Shared migrations (`shared-migrations/`): `public` of every tenant server, main included. */
+export const SHARED_TARGET: SchemaTarget = {
+  schema: 'public',
+  trackingTable: SHARED_TRACKING_TABLE,
+  searchPath: 'public',
+  knexLockTable: true,
+};
+
+/**
+ * A tenant's schema first, `public` after it (for extension types such as `vector`); `server` is
+ * the tenant server holding it, when that is not the main server (null or absent: main).
+ */
+export function tenantTarget(schema: string, server?: string | null): SchemaTarget {
+  return {
+    schema,
+    trackingTable: TENANT_TRACKING_TABLE,
+    searchPath: tenantSearchPath(schema),
+    tenant: true,
+    ...(server ? { server } : {}),
+  };
 }

@@ -23,6 +23,11 @@ export interface SchemaTarget {
    * with its tracking rows. False for `public` (master migrations).
    */
   readonly tenant?: boolean;
+  /**
+   * The tenant server holding the schema (`TENANT_SERVERS`), when it is not the registry's own:
+   * its registry row and ledger row are then written on the main server after the batch commits.
+   */
+  readonly server?: string;
 }
 
 type Conn = Knex | Knex.Transaction;

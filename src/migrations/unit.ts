@@ -207,7 +207,10 @@ export async function migrateSchema(
     if (mode === 'transaction') {
       const result = await run.knex.transaction((trx) => inTransaction(run, target, request, progress, trx));
       if (result === SWITCH_TO_SESSION) mode = 'session';
-      else progress.done.push(...result);
+      else {
+        progress.done.push(...result);
+        await run.books.settle(target);
+      }
     }
     if (mode === 'session') {
       await withDedicatedConnection(run.knex, (conn) => stepped(run, target, request, progress, conn));
@@ -293,10 +296,13 @@ async function stepped(
       await releaseKnexLock(conn, target, knexHeld);
       knexHeld = [];
       const names = await conn.transaction((trx) => inTransaction(run, target, request, progress, trx));
-      if (names !== SWITCH_TO_SESSION) progress.done.push(...names);
+      if (names !== SWITCH_TO_SESSION) {
+        progress.done.push(...names);
+        await run.books.settle(target);
+      }
       return;
     }
-    await run.books.beforeSteppedBatch(conn);
+    await run.books.beforeSteppedBatch(conn, target);
     for (const migration of plan.steps) {
       const step = {
         direction,
@@ -325,6 +331,7 @@ async function stepped(
         });
       }
       progress.done.push(migration.name);
+      await run.books.settle(target);
     }
     if (request.activate) await run.books.activate(conn, target);
   } finally {
@@ -401,7 +408,8 @@ async function scopeAndRead(
   };
   if (!row.schema_exists) throw new SchemaMissingError(target.schema);
   const mark = guardMarkOf(row);
-  const trigger = target.tenant === true && run.books.capabilities.trackingTrigger;
+  // The trigger's function lives in the registry's `public`: not on another tenant server.
+  const trigger = target.tenant === true && target.server === undefined && run.books.capabilities.trackingTrigger;
   if (!row.tracked && !row.knex_lock && local) {
     // Created by this transaction: no other session sees its Knex lock table until COMMIT (so no
     // Knex run to wait for) and it holds no rows; lock_timeout goes in the same round trip.

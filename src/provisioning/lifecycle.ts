@@ -10,7 +10,7 @@ import { tenantTarget } from '../migrations/targets.ts';
 import { failureOf, migrateSchema, type RunFailure, type RunSettings, SchemaNameError } from '../migrations/unit.ts';
 import { TenantDeletedError } from '../runtime/errors.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
-import { findTenantByOrgId, setTenantStatus, type Tenant } from '../tenants/registry.ts';
+import { findTenantByOrgId, type Tenant } from '../tenants/registry.ts';
 import { dropTenantRole, tenantRoleName } from '../tenants/roles.ts';
 
 /**

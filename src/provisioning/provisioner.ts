@@ -1,13 +1,15 @@
 import type { Knex } from 'knex';
 import { distributeSchema } from '../citus/citus.ts';
+import { MAIN_SERVER } from '../config/config.ts';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
+import { placeTenant, type Servers, UnknownServerError } from '../db/servers.ts';
 import { RegistryMissingError, ToolkitError, UsageError } from '../errors.ts';
 import { CapabilityMemo, NO_CAPABILITIES, RunBooks } from '../migrations/books.ts';
 import { verifyChecksums } from '../migrations/checksums.ts';
 import { folderDigest, UP } from '../migrations/plan.ts';
 import type { Migration } from '../migrations/source.ts';
 import { tenantTarget } from '../migrations/targets.ts';
-import { readApplied } from '../migrations/tracking.ts';
+import { readApplied, type SchemaTarget } from '../migrations/tracking.ts';
 import { failureOf, migrateSchema, type RunFailure, type RunSettings } from '../migrations/unit.ts';
 import { TenantArchivedError, TenantDeletedError } from '../runtime/errors.ts';
 import { candidateSchemaNames, schemaNameFor, validateOrgId } from '../tenants/naming.ts';
@@ -20,6 +22,7 @@ import {
   registerTenant,
   setTenantStatus,
   type Tenant,
+  tenantsPerServer,
 } from '../tenants/registry.ts';
 import { ensureTenantRole } from '../tenants/roles.ts';
 import { ensureExtensions } from './extensions.ts';
@@ -53,6 +56,13 @@ export interface ProvisionOptions {
   readonly tenantRoles?: { readonly appRole: string };
   /** Citus mode: the schema is made a distributed schema right after it is created (docs/citus.md). */
   readonly citus?: boolean;
+  /**
+   * Tenants on several servers (`TENANT_SERVERS`, docs/servers.md): a new tenant goes to `server`
+   * when given, else to the server the placement rule picks; a registered one stays on its own.
+   */
+  readonly servers?: Servers;
+  /** `provision:tenant --server <name>` (needs `servers`). */
+  readonly server?: string;
 }
 
 /** What `provisionTenant` did for one organisation: its schema, the outcome, the migrations applied. */
@@ -100,14 +110,19 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   const capabilities = await memo.capabilities.get(knex);
   if (!capabilities.registry) throw new RegistryMissingError();
   const recorded = memo.verified ?? (await verifyChecksums(knex, 'tenant', options.migrations));
-  if (options.dryRun) return preflight(knex, orgId, options, started);
-  const tenant = await claim(knex, orgId).catch((error: unknown) => {
-    // The registry was remembered but is gone (master migrations rolled back): say so, look again next time.
-    if (sqlState(error) !== SQLSTATE.UNDEFINED_TABLE) throw error;
-    memo.capabilities.forget();
-    throw new RegistryMissingError();
-  });
+  const placed = await placement(knex, options, capabilities.servers);
+  if (options.dryRun) return preflight(knex, orgId, options, started, placed);
+  // With the column, a registered tenant's server is always read (it may live on another server).
+  const tenant = await claim(knex, orgId, placed ?? (capabilities.servers ? null : undefined)).catch(
+    (error: unknown) => {
+      // The registry was remembered but is gone (master migrations rolled back): say so, look again next time.
+      if (sqlState(error) !== SQLSTATE.UNDEFINED_TABLE) throw error;
+      memo.capabilities.forget();
+      throw new RegistryMissingError();
+    },
+  );
   refuseRetired(tenant);
+  const where = located(tenant, options, knex);
   const result = (
     outcome: ProvisionReport['outcome'],
     migrations: readonly string[],
@@ -141,7 +156,7 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   // schema holds (a crash after its commit may have left them unrecorded), and only those: a file
   // still pending for it may yet change.
   const alreadyActive = async (): Promise<ProvisionReport> => {
-    const applied = await readApplied(knex, tenantTarget(tenant.schema)).catch(() => []);
+    const applied = await readApplied(where.knex, where.target).catch(() => []);
     books.noteApplied(applied.map((row) => row.name));
     await books.close();
     memo.verified = new Set([...recorded, ...applied.map((row) => row.name)]);
@@ -159,22 +174,23 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
   try {
     if (tenant.status === 'FAILED') await setTenantStatus(knex, orgId, 'PROVISIONING');
     // Checked every time (one query): an extension can be dropped under a long-lived process.
-    await ensureExtensions(knex, options.extensions);
+    await ensureExtensions(where.knex, options.extensions);
   } catch (error) {
     return fail(failureOf(error), []);
   }
   let activeMeanwhile = false;
   let retiredMeanwhile: Tenant | undefined;
   const run = await migrateSchema(
-    { knex, migrations: options.migrations, settings: options.settings, books },
-    tenantTarget(tenant.schema),
+    { knex: where.knex, migrations: options.migrations, settings: options.settings, books },
+    where.target,
     {
       intent: UP,
       tenant: { orgId, schema: tenant.schema },
       hint: [],
       prepare: async (conn) => {
-        // A concurrent provisioner may have finished while we waited for the lock.
-        const now = await findTenantByOrgId(conn, orgId);
+        // A concurrent provisioner may have finished while we waited for the lock (the registry
+        // is read in this transaction, or on its own server, after the lock).
+        const now = await findTenantByOrgId(where.remote ? knex : conn, orgId);
         if (now?.status === 'ACTIVE') {
           activeMeanwhile = true;
           return false;
@@ -220,8 +236,9 @@ async function preflight(
   orgId: string,
   options: ProvisionOptions,
   started: number,
+  placed: string | null | undefined,
 ): Promise<ProvisionReport> {
-  const existing = await findTenantByOrgId(knex, orgId);
+  const existing = await findTenantByOrgId(knex, orgId, { withServer: placed !== undefined });
   const schema = existing?.schema ?? (await freeName(knex, orgId));
   const result = (outcome: ProvisionReport['outcome'], migrations: readonly string[], error: RunFailure | null) => ({
     orgId,
@@ -241,9 +258,10 @@ async function preflight(
     recorded: new Set(),
     ledger: { mode: 'none' },
   });
+  const where = located({ schema, server: existing ? (existing.server ?? null) : (placed ?? null) }, options, knex);
   const run = await migrateSchema(
-    { knex, migrations: options.migrations, settings: options.settings, books, dryRun: true },
-    tenantTarget(schema),
+    { knex: where.knex, migrations: options.migrations, settings: options.settings, books, dryRun: true },
+    where.target,
     {
       intent: UP,
       tenant: { orgId, schema },
@@ -275,6 +293,57 @@ async function freeName(knex: Knex, orgId: string): Promise<string> {
   throw new ToolkitError('E_NAME_EXHAUSTED', `Every schema name derived from ${orgId} is registered to another org`);
 }
 
+/**
+ * Where a new tenant would go: undefined without several servers (the registry may then lack
+ * the column), null for the main server, else a server's name: `--server`, or the placement
+ * rule (fewest tenants per unit of weight, docs/servers.md).
+ */
+async function placement(
+  knex: Knex,
+  options: ProvisionOptions,
+  registryKnowsServers: boolean,
+): Promise<string | null | undefined> {
+  const servers = options.servers;
+  if (!servers || servers.names.length <= 1) {
+    if (options.server !== undefined && options.server !== MAIN_SERVER)
+      throw new UsageError(`--server ${options.server}: no tenant servers are configured (TENANT_SERVERS)`, {
+        code: 'E_UNKNOWN_SERVER',
+      });
+    return undefined;
+  }
+  if (!registryKnowsServers)
+    throw new UsageError(
+      'This registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
+    );
+  if (options.server !== undefined) {
+    if (!servers.has(options.server)) throw new UnknownServerError(options.server, servers.names);
+    return options.server === MAIN_SERVER ? null : options.server;
+  }
+  const counts = new Map([...(await tenantsPerServer(knex))].map(([server, n]) => [server ?? MAIN_SERVER, n] as const));
+  const chosen = placeTenant(counts, servers.weights());
+  if (chosen === undefined)
+    throw new UsageError('Every server has weight 0: no server takes new tenants (MAIN_SERVER_WEIGHT, weight=)');
+  return chosen === MAIN_SERVER ? null : chosen;
+}
+
+/** The Knex and the target of a registered tenant's schema: on its own server. */
+function located(
+  tenant: Pick<Tenant, 'schema' | 'server'>,
+  options: ProvisionOptions,
+  main: Knex,
+): { knex: Knex; target: SchemaTarget; remote: boolean } {
+  const server = tenant.server ?? null;
+  if (options.server !== undefined && (server ?? MAIN_SERVER) !== options.server)
+    throw new UsageError(
+      `${tenant.schema} is registered on server ${server ?? MAIN_SERVER}, not ${options.server}: a tenant stays on its server`,
+      { code: 'E_SERVER_MISMATCH' },
+    );
+  if (server !== null && !options.servers?.has(server))
+    throw new UnknownServerError(server, options.servers?.names ?? [MAIN_SERVER]);
+  if (!options.servers || server === null) return { knex: main, target: tenantTarget(tenant.schema), remote: false };
+  return { knex: options.servers.knexFor(server), target: tenantTarget(tenant.schema, server), remote: true };
+}
+
 function isRetired(status: string): boolean {
   return status === 'ARCHIVED' || status === 'DELETED';
 }
@@ -297,10 +366,10 @@ function isUndefinedObject(code: string | null): boolean {
  * registered to another org is skipped for a longer one (more hex digits of the same md5); a
  * name that exists as a schema but is registered to nobody is refused, never adopted.
  */
-async function claim(knex: Knex, orgId: string): Promise<Tenant> {
-  const fast = await claimTenant(knex, orgId, schemaNameFor(orgId));
+async function claim(knex: Knex, orgId: string, server: string | null | undefined): Promise<Tenant> {
+  const fast = await claimTenant(knex, orgId, schemaNameFor(orgId), server);
   if (fast) return fast;
-  const existing = await findTenantByOrgId(knex, orgId);
+  const existing = await findTenantByOrgId(knex, orgId, { withServer: server !== undefined });
   if (existing) return existing;
   for (const schema of candidateSchemaNames(orgId)) {
     const owner = await findTenantBySchema(knex, schema);
@@ -312,7 +381,7 @@ async function claim(knex: Knex, orgId: string): Promise<Tenant> {
       if (mine) return mine;
       throw new OrphanSchemaError(schema, orgId);
     }
-    const registered = await registerTenant(knex, orgId, schema);
+    const registered = await registerTenant(knex, orgId, schema, server);
     if (registered) return registered;
   }
   throw new ToolkitError('E_NAME_EXHAUSTED', `Every schema name derived from ${orgId} is registered to another org`);

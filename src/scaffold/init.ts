@@ -15,6 +15,7 @@ export const TOOLKIT_MASTER_MIGRATIONS = [
   '20261202000003_tracking_trigger',
   '20261202000010_ledger_tenants_run',
   '20261202000011_tenant_lifecycle_statuses',
+  '20261203000001_tenant_servers',
 ] as const;
 
 /** The package scripts `init` adds, each a call of the binary. */

@@ -23,6 +23,8 @@ export interface Tenant {
   readonly migrationsDigest?: string | null;
   /** Labels (e.g. `canary`, `internal`, a plan tier), when the registry keeps them. */
   readonly labels?: readonly string[];
+  /** The tenant server holding its schema (`TENANT_SERVERS`); null for the registry's own server. */
+  readonly server?: string | null;
 }
 
 const COLUMNS = {
@@ -54,6 +56,7 @@ export function toTenant(row: Record<string, unknown>): Tenant {
       ? {}
       : { migrationsDigest: (row.migrationsDigest as string | null) ?? null }),
     ...(row.labels === undefined ? {} : { labels: (row.labels as string[] | null) ?? [] }),
+    ...(row.server === undefined ? {} : { server: (row.server as string | null) ?? null }),
   };
 }
 
@@ -64,9 +67,23 @@ export async function assertRegistry(knex: Knex | Knex.Transaction): Promise<voi
 }
 
 /** The registry row of one organisation, or undefined when it is not registered. */
-export async function findTenantByOrgId(knex: Knex | Knex.Transaction, orgId: string): Promise<Tenant | undefined> {
-  const row = await select(knex).where(COLUMNS.orgId, orgId).first();
+export async function findTenantByOrgId(
+  knex: Knex | Knex.Transaction,
+  orgId: string,
+  options: { readonly withServer?: boolean } = {},
+): Promise<Tenant | undefined> {
+  const query = select(knex).where(COLUMNS.orgId, orgId).first();
+  if (options.withServer) query.select({ server: 'server' });
+  const row = await query;
   return row ? toTenant(row) : undefined;
+}
+
+/** Tenants per server (null: the registry's own), not counting DELETED ones: for the placement rule. */
+export async function tenantsPerServer(knex: Knex | Knex.Transaction): Promise<Map<string | null, number>> {
+  const result = await knex.raw(
+    "select server, count(*)::int as n from public.tenants where status <> 'DELETED' group by server",
+  );
+  return new Map((result.rows as { server: string | null; n: number }[]).map((r) => [r.server, r.n]));
 }
 
 export async function findTenantBySchema(knex: Knex | Knex.Transaction, schema: string): Promise<Tenant | undefined> {
@@ -89,6 +106,8 @@ export async function listTenants(
     orgIds?: readonly string[];
     withDigest?: boolean;
     withLabels?: boolean;
+    /** With each tenant's server (needs master migration `20261203000001_tenant_servers`). */
+    withServers?: boolean;
     /** Only tenants carrying at least one of these labels. */
     labels?: readonly string[];
   } = {},
@@ -96,6 +115,7 @@ export async function listTenants(
   const query = select(knex).orderBy(COLUMNS.id);
   if (options.withDigest) query.select({ migrationsDigest: 'migrations_digest' });
   if (options.withLabels) query.select({ labels: 'labels' });
+  if (options.withServers) query.select({ server: 'server' });
   if (options.orgIds) query.whereIn(COLUMNS.orgId, [...options.orgIds]);
   if (options.labels) query.whereRaw('labels && ?::text[]', [[...options.labels]]);
   return (await query).map(toTenant);
@@ -110,9 +130,15 @@ export async function registerTenant(
   knex: Knex | Knex.Transaction,
   orgId: string,
   schema: string,
+  server?: string | null,
 ): Promise<Tenant | undefined> {
   await table(knex)
-    .insert({ [COLUMNS.orgId]: orgId, [COLUMNS.schema]: schema, [COLUMNS.status]: 'PROVISIONING' })
+    .insert({
+      [COLUMNS.orgId]: orgId,
+      [COLUMNS.schema]: schema,
+      [COLUMNS.status]: 'PROVISIONING',
+      ...(server ? { server } : {}),
+    })
     .onConflict()
     .ignore();
   return findTenantByOrgId(knex, orgId);
@@ -161,20 +187,25 @@ export async function claimTenant(
   knex: Knex | Knex.Transaction,
   orgId: string,
   schema: string,
+  server?: string | null,
 ): Promise<Tenant | undefined> {
-  const columns =
-    'id, clerk_org_id as "orgId", schema_name as "schema", status, error, last_migration_error as "lastMigrationError"';
+  // With a server (registries with the servers column only), the row says where the schema lives;
+  // the orphan check looks at the registry's own server only (another server's catalog is elsewhere).
+  const withServer = server !== undefined;
+  const columns = `id, clerk_org_id as "orgId", schema_name as "schema", status, error, last_migration_error as "lastMigrationError"${
+    withServer ? ', server' : ''
+  }`;
   const result = await knex.raw(
     `with inserted as (
-       insert into public.tenants (clerk_org_id, schema_name, status)
-       select ?, ?, 'PROVISIONING' where not exists (select 1 from pg_namespace where nspname = ?)
+       insert into public.tenants (clerk_org_id, schema_name, status${withServer ? ', server' : ''})
+       select ?, ?, 'PROVISIONING'${withServer ? ', ?' : ''} where not exists (select 1 from pg_namespace where nspname = ?)
        on conflict do nothing
        returning ${columns})
      select * from inserted
      union all
      select ${columns} from public.tenants where clerk_org_id = ?
      limit 1`,
-    [orgId, schema, schema, orgId],
+    withServer ? [orgId, schema, server, schema, orgId] : [orgId, schema, schema, orgId],
   );
   const row = result.rows[0] as Record<string, unknown> | undefined;
   return row ? toTenant(row) : undefined;

@@ -1,3 +1,5 @@
+import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import pg from 'pg';
 
 /*
@@ -15,6 +17,58 @@ export const EXTRA_SERVER_URLS = [
   'postgres://postgres@127.0.0.1:5434/postgres',
 ] as const;
 
+/**
+ * A fourth server (cluster `tm5435`), used only by the test of a server going down mid-run, which
+ * stops and starts it (`stopStoppableServer`, `startStoppableServer`): no other test is disturbed.
+ */
+export const STOPPABLE_SERVER_URL = 'postgres://postgres@127.0.0.1:5435/postgres';
+const STOPPABLE_CLUSTER = 'tm5435';
+
+function clusterVersion(): string {
+  return readdirSync('/etc/postgresql').sort().at(-1) ?? '15';
+}
+
+/** Stops the cluster behind STOPPABLE_SERVER_URL at once (`-m fast`: sessions are cut, as in a crash of the service). */
+export function stopStoppableServer(): void {
+  execFileSync(
+    'pg_ctlcluster',
+    ['--skip-systemctl-redirect', clusterVersion(), STOPPABLE_CLUSTER, 'stop', '-m', 'fast'],
+    {
+      stdio: 'ignore',
+    },
+  );
+}
+
+/** Starts it again and waits until it answers. */
+export async function startStoppableServer(): Promise<void> {
+  execFileSync('pg_ctlcluster', ['--skip-systemctl-redirect', clusterVersion(), STOPPABLE_CLUSTER, 'start'], {
+    stdio: 'ignore',
+  });
+  for (let i = 0; i < 60; i++) {
+    if ((await probe(STOPPABLE_SERVER_URL)) === undefined) return;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  throw new Error(`${STOPPABLE_SERVER_URL} did not come back`);
+}
+
+/** Creates (or replaces) database `name` on one server; returns its URL and a drop. */
+export async function createDatabaseOn(
+  adminUrl: string,
+  name: string,
+): Promise<{ url: string; drop: () => Promise<void> }> {
+  await withAdmin(adminUrl, async (client) => {
+    await client.query(`drop database if exists "${name}" with (force)`);
+    await client.query(`create database "${name}"`);
+  });
+  return {
+    url: databaseUrl(adminUrl, name),
+    drop: () =>
+      withAdmin(adminUrl, (client) => client.query(`drop database if exists "${name}" with (force)`)).then(
+        () => undefined,
+      ),
+  };
+}
+
 /** Whether the three servers answer, and if not, why (one `host:port: reason` per missing server). */
 export interface MultiServerAvailability {
   readonly available: boolean;
@@ -30,7 +84,7 @@ export function multiServerAvailability(): Promise<MultiServerAvailability> {
 }
 
 async function probeAll(): Promise<MultiServerAvailability> {
-  const failures = (await Promise.all([MAIN_SERVER_URL, ...EXTRA_SERVER_URLS].map(probe))).filter(
+  const failures = (await Promise.all([MAIN_SERVER_URL, ...EXTRA_SERVER_URLS, STOPPABLE_SERVER_URL].map(probe))).filter(
     (failure) => failure !== undefined,
   );
   return failures.length === 0 ? { available: true } : { available: false, reason: failures.join('; ') };
@@ -51,7 +105,7 @@ async function probe(url: string): Promise<string | undefined> {
 }
 
 function missingMessage(reason: string | undefined): string {
-  return `the multi-server tests need PostgreSQL on 127.0.0.1:5432, :5433 and :5434 (.ci/run creates the clusters tm5433 and tm5434): ${reason}`;
+  return `the multi-server tests need PostgreSQL on 127.0.0.1:5432, :5433, :5434 and :5435 (.ci/run creates the clusters tm5433, tm5434 and tm5435): ${reason}`;
 }
 
 /**

@@ -10,9 +10,13 @@ export function registerMaster(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--lock-timeout <duration>', 'give up waiting for a table lock after this long (e.g. 5s)')
     .action(async (options: CommonOptions) => {
-      const report = await withToolkit(options, (tk) => tk.migrateMaster());
+      const report = await withToolkit(options, async (tk) => {
+        const master = await tk.migrateMaster();
+        // The shared migrations (every tenant server's `public`) after the master ones, if those succeeded.
+        return master.error ? master : { ...master, shared: await tk.migrateShared() };
+      });
       show(createOutput(options.json ?? false), masterRun, report);
-      if (report.error) process.exitCode = 1;
+      if (report.error || ('shared' in report && report.shared.some((s) => s.report.error))) process.exitCode = 1;
     });
 
   program

@@ -15,6 +15,7 @@ export interface TenantFlags extends CommonOptions {
   readonly failFast?: boolean;
   readonly verify?: boolean;
   readonly label?: string[];
+  readonly server?: string[];
   readonly dryRun?: boolean;
   readonly sql?: boolean;
   readonly maxFailures?: Amount;
@@ -41,6 +42,7 @@ export function tenantFlags(command: Command): Command {
       positiveInteger('--concurrency'),
     )
     .option('--label <name>', 'only tenants with this label (repeatable: any of them)', collect)
+    .option('--server <name>', 'only tenants on this server (repeatable; TENANT_SERVERS, main)', collect)
     .option('--fail-fast', 'start no new tenant after the first failure (= --max-failures 1)')
     .option('--max-failures <n|p%>', 'start no new tenant once this many have failed', (v: string) =>
       parseAmount(v, '--max-failures'),
@@ -70,6 +72,7 @@ export function runOptions(flags: TenantFlags): TenantRunOptions {
     failFast: flags.failFast ?? false,
     verify: flags.verify ?? false,
     ...(flags.label ? { labels: flags.label } : {}),
+    ...(flags.server ? { servers: flags.server } : {}),
     ...(flags.maxFailures ? { maxFailures: flags.maxFailures } : {}),
     ...(canary === undefined
       ? {}
