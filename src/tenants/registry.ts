@@ -3,9 +3,10 @@ import { RegistryMissingError, UsageError } from '../errors.ts';
 
 /**
  * The lifecycle (docs/lifecycle.md): PROVISIONING → ACTIVE ↔ ARCHIVED → DELETED, FAILED → retry.
- * ARCHIVED and DELETED need master migration `20261202000011_tenant_lifecycle_statuses`.
+ * ARCHIVED and DELETED need master migration `20261202000011_tenant_lifecycle_statuses`; MOVING
+ * (`tenant:move`, docs/servers.md) needs `20261203000001_tenant_servers`.
  */
-export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED', 'ARCHIVED', 'DELETED'] as const;
+export const TENANT_STATUSES = ['PROVISIONING', 'ACTIVE', 'FAILED', 'ARCHIVED', 'DELETED', 'MOVING'] as const;
 /** A registry status: `PROVISIONING` → `ACTIVE` ↔ `ARCHIVED` → `DELETED`, and `FAILED` (retried by `tenants:retry`). */
 export type TenantStatus = (typeof TENANT_STATUSES)[number];
 
