@@ -34,6 +34,8 @@ export interface TenantReport {
   readonly escapes: readonly Escape[];
   /** Migrations of this batch that opted out of the escape guard (`allowOutsideSchema`). */
   readonly unguarded: readonly string[];
+  /** The server the tenant lives on (`main` or a TENANT_SERVERS name), when servers are configured. */
+  readonly server?: string;
 }
 
 /** Counts per outcome; a dry-run's also count `would-migrate` and `would-fail`. */
@@ -164,7 +166,9 @@ export async function runTenants(
   const dryRun = options.dryRun ?? false;
   const tenants = await selectTenants(ctx, options);
   const reports: TenantReport[] = [];
-  const emit = (report: TenantReport): void => {
+  const servers = new Map(tenants.map((t) => [t.schema, serverOf(t)]));
+  const emit = (line: TenantReport): void => {
+    const report = ctx.servers ? { ...line, server: servers.get(line.schema) ?? MAIN } : line;
     reports.push(report);
     options.onTenant?.(report);
   };
