@@ -201,7 +201,8 @@ export async function provision(knex: Knex, orgId: string, options: ProvisionOpt
           return false;
         }
         await conn.raw('create schema if not exists ??', [tenant.schema]);
-        if (options.citus) await distributeSchema(conn, tenant.schema);
+        // Citus mode is the main server's (the coordinator); a tenant on another server is a plain schema.
+        if (options.citus && !where.remote) await distributeSchema(conn, tenant.schema);
         // Before the migrations: the role's default privileges then cover every table they create.
         if (options.tenantRoles) await ensureTenantRole(conn, tenant.schema, options.tenantRoles.appRole);
         return true;
@@ -272,7 +273,7 @@ async function preflight(
           await conn.raw('create extension if not exists ?? schema public', [name]);
         }
         await conn.raw('create schema if not exists ??', [schema]);
-        if (options.citus) await distributeSchema(conn, schema);
+        if (options.citus && !where.remote) await distributeSchema(conn, schema);
         return true;
       },
     },
