@@ -15,7 +15,9 @@ export {
   DEFAULTS,
   type Env,
   loadConfig,
+  MAIN_SERVER,
   parseDuration,
+  type TenantServerConfig,
   type ToolkitConfig,
 } from './config/config.ts';
 export { CONFIG_KEYS, defineConfig, type ProjectConfig } from './config/define.ts';
@@ -23,6 +25,7 @@ export { configFromEnvironment } from './config/env.ts';
 export { CONFIG_FILES, configFromProject } from './config/project.ts';
 export { type Database, type OpenOptions, openDatabase, withDatabase } from './db/connection.ts';
 export { quoteIdent, tenantSearchPath } from './db/identifiers.ts';
+export { placeTenant, Servers, UnknownServerError } from './db/servers.ts';
 export { SQLSTATE } from './db/pg-errors.ts';
 export * from './errors.ts';
 export { listTenantsReport, type TenantListOptions, type TenantListReport, type TenantListRow } from './fleet/list.ts';
@@ -54,8 +57,10 @@ export type {
   FanoutReport,
   TenantOutcome,
   TenantReport,
+  TenantServerPools,
   Totals,
 } from './migrations/fanout.ts';
+export type { SharedRunReport } from './migrations/master.ts';
 export { type Escape, SchemaEscapeError } from './migrations/guard.ts';
 export { type Direction, digestOf } from './migrations/plan.ts';
 export { type RollbackOptions, RollbackRefusedError } from './migrations/rollback.ts';
