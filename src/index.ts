@@ -177,6 +177,7 @@ export {
   schemaNodes,
 } from './citus/citus.ts';
 export type { CitusMode } from './config/config.ts';
+export { PgCopyFailedError } from './db/pg-copy.ts';
 export type { DumpResult } from './db/pg-dump.ts';
 export { PgDumpFailedError, PgDumpUnavailableError } from './db/pg-dump.ts';
 // Types that the exports above mention, so that users can name them.
@@ -187,11 +188,14 @@ export { RULE_NAMES } from './lint/rules.ts';
 export type { DriftGroup, DriftOutlier, ObjectDiff, TenantRef } from './migrations/drift.ts';
 export type { AppliedVersion } from './migrations/status.ts';
 export type { MigrationStatus } from './migrations/unit.ts';
+export type { DropSourceReport } from './provisioning/drop-source.ts';
 export {
   type LifecycleOutcome,
   type LifecycleReport,
   TenantStatusError,
 } from './provisioning/lifecycle.ts';
+export type { MoveOptions, MoveReport, MoveStep, MoveStepReport } from './provisioning/move.ts';
+export type { MoveVerification } from './provisioning/move-verify.ts';
 export type { RetryOptions, RetryOutcome, RetryReport, RetryTenantReport } from './provisioning/retry.ts';
 export {
   createTenantClient,
@@ -205,6 +209,7 @@ export {
   TenantAccessError,
   TenantArchivedError,
   TenantDeletedError,
+  TenantMovingError,
   TenantNotFoundError,
   TenantUnavailableError,
   type TenantUnavailableReason,

@@ -32,7 +32,9 @@ import { type RollbackOptions, rollbackPlan } from './migrations/rollback.ts';
 import { folderSource, listMigrations, type Migration, type MigrationSource } from './migrations/source.ts';
 import { type AppliedVersion, collectStatus, type StatusReport } from './migrations/status.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
+import { type DropSourceReport, dropTenantSource } from './provisioning/drop-source.ts';
 import { archiveTenant, dropTenant, type LifecycleReport, restoreTenant } from './provisioning/lifecycle.ts';
+import { type MoveOptions, type MoveReport, moveTenant } from './provisioning/move.ts';
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
 import { type RetryOptions, type RetryReport, retryTenants } from './provisioning/retry.ts';
 import { validateOrgId } from './tenants/naming.ts';
@@ -117,6 +119,15 @@ export interface Toolkit {
    * its lock; `dumpFile` first writes a `pg_dump -n <schema>` there (a server only).
    */
   dropTenant(orgId: string, options?: { dumpFile?: string }): Promise<LifecycleReport>;
+  /**
+   * `tenant:move`: copies an ACTIVE tenant's schema to server `to` (pg_dump/pg_restore), verifies
+   * the copy, and switches the registry in one transaction, under the tenant's lock on its source
+   * (MOVING meanwhile: the runtime refuses it). A failed step leaves it ACTIVE on its source, the
+   * copy dropped; the source is kept unless `dropSource` (see docs/servers.md, "Moving a tenant").
+   */
+  moveTenant(orgId: string, options: MoveOptions): Promise<MoveReport>;
+  /** `tenant:drop-source`: drops the copy a move kept on `server`, refused where the tenant lives. */
+  dropTenantSource(orgId: string, options: { server: string }): Promise<DropSourceReport>;
   /** Recent runs from the ledger (one-tenant runs too with `all`). */
   runs(options?: { all?: boolean; limit?: number }): Promise<RunSummary[]>;
   /** One run with its tenants. */
@@ -303,6 +314,18 @@ export function createToolkit(options: {
           : await prepareDump(knex, config.connection, o.dumpFile, config.lockTimeoutMs);
       return dropTenant(knex, orgId, dump ? { dump } : {});
     },
+    moveTenant: async (orgId, o) => {
+      validateOrgId(orgId);
+      if (!servers) {
+        throw new UsageError('tenant:move needs several servers: no TENANT_SERVERS are configured', {
+          code: 'E_NO_SERVERS',
+        });
+      }
+      if (await citus())
+        throw new UsageError('tenant:move does not move Citus distributed schemas', { code: 'E_CITUS' });
+      return moveTenant({ knex, servers, config }, orgId, o);
+    },
+    dropTenantSource: (orgId, o) => dropTenantSource({ knex, servers }, orgId, o),
     runs: async (o = {}) => ((await probeCapabilities(knex)).ledger ? listRuns(knex, o) : []),
     run: async (id) => ((await probeCapabilities(knex)).ledger ? getRun(knex, id) : undefined),
     close: async () => {

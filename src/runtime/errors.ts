@@ -1,10 +1,17 @@
 import { ToolkitError } from '../errors.ts';
 
 /**
- * Why a tenant cannot be served right now: still being provisioned, provisioning failed, its
- * registry row has a status set by hand, or its schema is missing from the database.
+ * Why a tenant cannot be served right now: still being provisioned, provisioning failed, being
+ * moved to another server (`tenant:move`), its registry row has a status set by hand, or its
+ * schema is missing from the database.
  */
-export type TenantUnavailableReason = 'provisioning' | 'failed' | 'inactive' | 'schema-missing' | 'schema-invalid';
+export type TenantUnavailableReason =
+  | 'provisioning'
+  | 'failed'
+  | 'moving'
+  | 'inactive'
+  | 'schema-missing'
+  | 'schema-invalid';
 
 /**
  * Base of the errors `withTenant` throws before running the callback. `httpStatus` is the
@@ -37,15 +44,29 @@ export class TenantUnavailableError extends TenantAccessError {
   /** The registry status when the check was made (`ACTIVE` for a missing schema). */
   readonly status: string;
 
-  constructor(orgId: string, schema: string, status: string, reason: TenantUnavailableReason) {
-    super(
-      'E_TENANT_UNAVAILABLE',
-      orgId,
-      `Tenant ${orgId} (${schema}) is unavailable: ${describeReason(reason, status)}`,
-    );
+  constructor(
+    orgId: string,
+    schema: string,
+    status: string,
+    reason: TenantUnavailableReason,
+    code = 'E_TENANT_UNAVAILABLE',
+  ) {
+    super(code, orgId, `Tenant ${orgId} (${schema}) is unavailable: ${describeReason(reason, status)}`);
     this.reason = reason;
     this.schema = schema;
     this.status = status;
+  }
+}
+
+/**
+ * The tenant is being copied to another server (`tenant:move`, status MOVING): neither reads nor
+ * writes are served until the registry switches it to its new server, which takes as long as
+ * the copy (seconds to minutes). A 503 with `Retry-After`: retry shortly. A subclass of
+ * TenantUnavailableError, so a handler of that one already answers 503.
+ */
+export class TenantMovingError extends TenantUnavailableError {
+  constructor(orgId: string, schema: string) {
+    super(orgId, schema, 'MOVING', 'moving', 'E_TENANT_MOVING');
   }
 }
 
@@ -83,10 +104,12 @@ export class TenantDeletedError extends TenantArchivedError {
 
 /**
  * The error for a tenant that is registered with a status other than ACTIVE: TenantArchivedError
- * (or TenantDeletedError) for ARCHIVED and DELETED, TenantUnavailableError for the others.
+ * (or TenantDeletedError) for ARCHIVED and DELETED, TenantMovingError for MOVING,
+ * TenantUnavailableError for the others.
  */
 export function notServedError(orgId: string, schema: string, status: string): TenantAccessError {
   if (status === 'ARCHIVED') return new TenantArchivedError(orgId, schema);
+  if (status === 'MOVING') return new TenantMovingError(orgId, schema);
   if (status === 'DELETED') return new TenantDeletedError(orgId, schema);
   return new TenantUnavailableError(orgId, schema, status, reasonForStatus(status));
 }
@@ -95,6 +118,7 @@ export function notServedError(orgId: string, schema: string, status: string): T
 export function reasonForStatus(status: string): TenantUnavailableReason {
   if (status === 'PROVISIONING') return 'provisioning';
   if (status === 'FAILED') return 'failed';
+  if (status === 'MOVING') return 'moving';
   return 'inactive';
 }
 
@@ -104,6 +128,8 @@ function describeReason(reason: TenantUnavailableReason, status: string): string
       return 'it is still being provisioned';
     case 'failed':
       return 'its provisioning failed (provision it again)';
+    case 'moving':
+      return 'it is being moved to another server (tenant:move); retry shortly';
     case 'schema-missing':
       return 'its schema does not exist in the database (refusing to fall through to public)';
     case 'schema-invalid':

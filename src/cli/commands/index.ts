@@ -8,6 +8,7 @@ import { registerLint } from './lint.ts';
 import { registerMake } from './make.ts';
 import { registerMaster } from './master.ts';
 import { registerMigrate } from './migrate.ts';
+import { registerMove } from './move.ts';
 import { registerProvision } from './provision.ts';
 import { registerReport } from './report.ts';
 import { registerRoles } from './roles.ts';
@@ -31,6 +32,7 @@ export const COMMANDS: readonly ((program: Command) => void)[] = [
   registerFleet,
   registerAdopt,
   registerLifecycle,
+  registerMove,
   registerRoles,
   registerMigrate,
   registerLint,
