@@ -40,6 +40,10 @@ const LABELS: Record<string, string> = {
   'report.toolkit': `migrate:report — registry only ${WHOLE}`,
   'report.size': 'migrate:report — page size',
   'report.render': 'migrate:report — render in headless Chromium (to load)',
+  'servers.one': `migrate — all tenants on one server ${WHOLE}`,
+  'servers.many': `migrate — tenants spread over --servers ${WHOLE}`,
+  'servers.one.noop': `no-op rerun — all tenants on one server ${WHOLE}`,
+  'servers.many.noop': `no-op rerun — tenants spread over --servers ${WHOLE}`,
   'provision.toolkit': 'provision one tenant — provisionTenant',
   'provision.floor': 'provision one tenant — floor (one transaction)',
   'provision.floor.booked': 'provision one tenant — floor with registry + tracking rows',
@@ -53,6 +57,10 @@ const LABELS: Record<string, string> = {
   'cpu.migrate.toolkit.big': 'client CPU — migrate:tenants',
   'cpu.startup.cli': 'client CPU — --help',
   'cpu.report.toolkit': 'client CPU — migrate:report',
+  'cpu.servers.one': 'client CPU — migrate:tenants, one server',
+  'cpu.servers.many': 'client CPU — migrate:tenants, spread over --servers',
+  'cpu.servers.one.noop': 'client CPU — no-op rerun, one server',
+  'cpu.servers.many.noop': 'client CPU — no-op rerun, spread over --servers',
   'rss.migrate.toolkit': 'peak RSS — migrate:tenants',
   'rss.migrate.toolkit.big': 'peak RSS — migrate:tenants',
   'rss.noop.toolkit.big': 'peak RSS — no-op rerun',
@@ -165,6 +173,44 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
   return checks;
 }
 
+/** What the `servers` variant compared, for its context lines. */
+export interface ServersLayout {
+  /** Servers the tenants were spread over, the main one included. */
+  readonly servers: number;
+  /** Connections per server (DB_POOL_MAX, and `pool_max=` of each extra server). */
+  readonly poolMax: number;
+  /** CPU cores of the machine running the bench. */
+  readonly cores: number;
+  /** Every server is on this machine (a loopback address). */
+  readonly sameMachine: boolean;
+}
+
+/**
+ * The speed-up of the fan-out over several servers against one server (ratio of the medians),
+ * and the same for the no-op rerun: context lines, never a target, since what it shows depends
+ * on where the servers run.
+ */
+export function serversContext(summaries: readonly Summary[], layout: ServersLayout): string[] {
+  const get = (metric: string): Summary | undefined => summaries.find((s) => s.metric === metric);
+  const lines: string[] = [];
+  const where = layout.sameMachine
+    ? `the servers share this machine's ${layout.cores} cores with each other and the bench: the figure shows whether the fan-out puts the extra pools to use, not what ${layout.servers} machines would give`
+    : 'the servers are not all on this machine: the figure includes their own hardware and network';
+  for (const [what, one, many] of [
+    ['fan-out', get('servers.one'), get('servers.many')],
+    ['no-op rerun', get('servers.one.noop'), get('servers.many.noop')],
+  ] as const) {
+    if (!one || !many) continue;
+    const ratio = one.median / many.median;
+    const speed = ratio >= 1 ? `${ratio.toFixed(2)}× faster than` : `${(1 / ratio).toFixed(2)}× slower than`;
+    const figures = `${formatValue(many.median, 'ms')} against ${formatValue(one.median, 'ms')}, medians of ${Math.min(one.n, many.n)} run(s), ${one.tenants} tenants, ${layout.poolMax} connections per server`;
+    lines.push(
+      `${what} over ${layout.servers} servers: ${speed} one server (${figures}${lines.length === 0 ? `; ${where}` : ''})`,
+    );
+  }
+  return lines;
+}
+
 export function formatValue(value: number, unit: 'ms' | 'kB' | 'rows'): string {
   if (!Number.isFinite(value)) return '-';
   if (unit === 'rows') return `${value.toFixed(1)} rows`;
@@ -175,7 +221,11 @@ export function formatValue(value: number, unit: 'ms' | 'kB' | 'rows'): string {
 }
 
 /** The table printed at the end of a run. */
-export function renderTable(summaries: readonly Summary[], checks: readonly TargetCheck[]): string {
+export function renderTable(
+  summaries: readonly Summary[],
+  checks: readonly TargetCheck[],
+  context: readonly string[] = [],
+): string {
   const floor = summaries.find((s) => s.metric === 'migrate.floor');
   const rows = summaries.map((s) => {
     const perTenant =
@@ -199,6 +249,10 @@ export function renderTable(summaries: readonly Summary[], checks: readonly Targ
   const lines = [
     columns(['measurement', 'tenants', 'runs', 'median', 'p95', 'min – max', 'per tenant', 'vs floor'], rows),
   ];
+  if (context.length > 0) {
+    lines.push('', 'Context (not a target):');
+    for (const line of context) lines.push(`  ${line}`);
+  }
   if (checks.length > 0) {
     lines.push('', 'Targets (context only, not asserted):');
     for (const c of checks) lines.push(`  ${c.met ? 'met   ' : 'MISSED'}  ${c.target}: ${c.actual}`);

@@ -39,6 +39,10 @@ type ServerTarget = ConnectionTarget & { kind: 'server' };
 export interface Server {
   /** `host:port`, for the report. */
   readonly describe: string;
+  /** The host name or address it was reached at (to tell servers on this machine from others). */
+  readonly host: string;
+  /** The role it connects as (undefined: the driver's default). */
+  readonly user: string | undefined;
   /** The configured database: where the bench connects to create and drop its own. */
   readonly adminDatabase: string;
   /** Pool size the toolkit uses by default (DB_POOL_MAX, default 10): its default concurrency, and the floor's connections. */
@@ -91,6 +95,8 @@ export async function openServer(env: Env): Promise<Server> {
   });
   return {
     describe: adminTarget.describe,
+    host: adminTarget.host,
+    user: adminTarget.user,
     adminDatabase,
     poolMax: base.poolMax,
     envFor,
@@ -117,7 +123,7 @@ export async function withFreshDatabase<T>(
   const database =
     `bench_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${process.pid}_${(counter++).toString(36)}`.slice(0, 63);
   await server.createDatabase(database);
-  live.add(database);
+  live.set(database, server);
   try {
     return await cb(database);
   } finally {
@@ -126,6 +132,22 @@ export async function withFreshDatabase<T>(
   }
 }
 
+/**
+ * `withFreshDatabase` on each of `servers` at once: `cb` gets the databases in the order of
+ * `servers`; every one created is dropped, whatever happens.
+ */
+export async function withFreshDatabases<T>(
+  servers: readonly Server[],
+  label: string,
+  cb: (databases: readonly string[]) => Promise<T>,
+): Promise<T> {
+  const open = (i: number, databases: readonly string[]): Promise<T> =>
+    i === servers.length
+      ? cb(databases)
+      : withFreshDatabase(servers[i]!, label, (database) => open(i + 1, [...databases, database]));
+  return open(0, []);
+}
+
 let counter = 0;
-/** Databases created and not yet dropped, for cleanup on Ctrl-C. */
-export const live = new Set<string>();
+/** Databases created and not yet dropped, and the server of each, for cleanup on Ctrl-C. */
+export const live = new Map<string, Server>();
