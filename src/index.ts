@@ -25,8 +25,8 @@ export { configFromEnvironment } from './config/env.ts';
 export { CONFIG_FILES, configFromProject } from './config/project.ts';
 export { type Database, type OpenOptions, openDatabase, withDatabase } from './db/connection.ts';
 export { quoteIdent, tenantSearchPath } from './db/identifiers.ts';
-export { placeTenant, Servers, UnknownServerError } from './db/servers.ts';
 export { SQLSTATE } from './db/pg-errors.ts';
+export { placeTenant, Servers, UnknownServerError } from './db/servers.ts';
 export * from './errors.ts';
 export { listTenantsReport, type TenantListOptions, type TenantListReport, type TenantListRow } from './fleet/list.ts';
 export {
@@ -60,8 +60,8 @@ export type {
   TenantServerPools,
   Totals,
 } from './migrations/fanout.ts';
-export type { SharedRunReport } from './migrations/master.ts';
 export { type Escape, SchemaEscapeError } from './migrations/guard.ts';
+export type { SharedRunReport } from './migrations/master.ts';
 export { type Direction, digestOf } from './migrations/plan.ts';
 export { type RollbackOptions, RollbackRefusedError } from './migrations/rollback.ts';
 export {
