@@ -33,7 +33,13 @@ import { folderSource, listMigrations, type Migration, type MigrationSource } fr
 import { type AppliedVersion, collectStatus, type StatusReport } from './migrations/status.ts';
 import type { RunSettings, SchemaRunReport } from './migrations/unit.ts';
 import { type DropSourceReport, dropTenantSource } from './provisioning/drop-source.ts';
-import { archiveTenant, dropTenant, type LifecycleReport, restoreTenant } from './provisioning/lifecycle.ts';
+import {
+  archiveTenant,
+  dropTenant,
+  type LifecycleReport,
+  restoreTenant,
+  tenantServerOf,
+} from './provisioning/lifecycle.ts';
 import { type MoveOptions, type MoveReport, moveTenant } from './provisioning/move.ts';
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
 import { type RetryOptions, type RetryReport, retryTenants } from './provisioning/retry.ts';
@@ -97,6 +103,8 @@ export interface Toolkit {
   status(options?: {
     verify?: boolean;
     drift?: boolean;
+    /** Only tenants on these servers (`main` is the registry's own). */
+    servers?: readonly string[];
   }): Promise<StatusReport & { readonly ledger: LedgerStatus | null; readonly drift?: DriftReport }>;
   /**
    * `tenants:run`: a SQL file or a module's `run(knex, tenant)` in every selected tenant, each
@@ -272,14 +280,23 @@ export function createToolkit(options: {
         parallel: Math.min(4, poolMax),
         verify: o.verify ?? false,
         ...(o.drift ? { onVersion: (schema: string, v: AppliedVersion) => versions.set(schema, v) } : {}),
+        ...(pools ? { pools } : {}),
+        ...(o.servers ? { servers: o.servers } : {}),
       });
       const capabilities = await probeCapabilities(knex);
       const ledger = capabilities.ledger ? await ledgerStatus(knex) : null;
       if (await citus()) report = await withNodes(knex, report);
       if (!o.drift) return { ...report, ledger };
       const orgIds = new Map(report.tenants.map((t) => [t.schema, t.orgId]));
-      const drift = await collectDrift(knex, versions, (schema) => orgIds.get(schema) ?? '');
-      return { ...report, ledger, drift };
+      // Each schema fingerprinted on its own server; a server gone since status read it is told once.
+      const serverOf = new Map(report.tenants.map((t) => [t.schema, t.server ?? MAIN_SERVER]));
+      const unreachable = [...(report.unreachable ?? [])];
+      const drift = await collectDrift(knex, versions, (schema) => orgIds.get(schema) ?? '', {
+        serverOf: (schema) => serverOf.get(schema) ?? MAIN_SERVER,
+        onUnreachable: (down) => unreachable.push(down),
+        ...(pools ? { pools } : {}),
+      });
+      return { ...report, ...(unreachable.length > 0 ? { unreachable } : {}), ledger, drift };
     },
     runAcrossTenants: (file, o = {}) =>
       runAcrossTenants(
@@ -289,30 +306,42 @@ export function createToolkit(options: {
           escapeGuard: settings.escapeGuard !== false,
           poolMax,
           retention: config.ledgerRetention,
+          ...(pools ? { servers: pools } : {}),
         },
         file,
         o,
       ),
     listTenantsReport: async (o = {}) =>
-      listTenantsReport(knex, await loadTenant(), { parallel: Math.min(4, poolMax), ...o }),
+      listTenantsReport(knex, await loadTenant(), {
+        parallel: Math.min(4, poolMax),
+        ...(pools ? { pools } : {}),
+        ...o,
+      }),
     retryTenants: async (o = {}) => {
       return retryTenants(knex, (orgId) => toolkit.provisionTenant(orgId), { ...o, poolMax });
     },
-    archiveTenant: (orgId) => archiveTenant(knex, orgId),
+    // Each acts on the server holding the tenant's schema (read from its registry row).
+    archiveTenant: async (orgId) => {
+      const recorded = (await probeCapabilities(knex)).servers;
+      return archiveTenant(knex, orgId, { recorded, ...(servers ? { pools: servers } : {}) });
+    },
     restoreTenant: async (orgId) => {
       const migrations = await loadTenant();
       const capabilities = await probeCapabilities(knex);
       if (!capabilities.registry) throw new RegistryMissingError();
       const recorded = await verifyChecksums(knex, 'tenant', migrations);
-      return restoreTenant(knex, orgId, { migrations, settings, capabilities, recorded });
+      const where = { recorded: capabilities.servers, ...(servers ? { pools: servers } : {}) };
+      return restoreTenant(knex, orgId, { migrations, settings, capabilities, recorded }, where);
     },
     dropTenant: async (orgId, o = {}) => {
       validateOrgId(orgId);
-      const dump =
-        o.dumpFile === undefined
-          ? undefined
-          : await prepareDump(knex, config.connection, o.dumpFile, config.lockTimeoutMs);
-      return dropTenant(knex, orgId, dump ? { dump } : {});
+      const where = { recorded: (await probeCapabilities(knex)).servers, ...(servers ? { pools: servers } : {}) };
+      if (o.dumpFile === undefined) return dropTenant(knex, orgId, { servers: where });
+      // pg_dump runs against the server holding the schema: checked (version, file) before anything is locked.
+      const server = await tenantServerOf(knex, orgId, where);
+      const target = server === MAIN_SERVER ? config.connection : config.servers.find((s) => s.name === server)!.target;
+      const dump = await prepareDump(servers?.knexFor(server) ?? knex, target, o.dumpFile, config.lockTimeoutMs);
+      return dropTenant(knex, orgId, { servers: where, dump: server === MAIN_SERVER ? dump : { ...dump, server } });
     },
     moveTenant: async (orgId, o) => {
       validateOrgId(orgId);

@@ -1,7 +1,7 @@
 import pc from 'picocolors';
 import type { TenantListReport } from '../fleet/list.ts';
 import type { FleetRunReport, TenantRunReport } from '../fleet/run.ts';
-import { failedAndSkipped, formatDuration, plural, type Renderer, table } from './render.ts';
+import { failedAndSkipped, formatDuration, plural, type Renderer, serverTotals, table } from './render.ts';
 
 /**
  * `tenants:run` and `tenants:list` as people read them; `--json` prints the reports themselves.
@@ -63,6 +63,15 @@ function summaryLines(report: FleetRunReport): string[] {
           `${t['would-fail'] ?? 0} would fail, ${t.skipped} skipped (${took})`,
       ]
     : [`${plural(t.total, 'tenant')}: ${t.ran} ran, ${t.failed} failed, ${t.skipped} skipped (${took})`];
+  lines.push(
+    ...serverTotals(report.tenants, [
+      ['ran', 'ran'],
+      ['would-run', 'would run'],
+      ['failed', 'failed'],
+      ['would-fail', 'would fail'],
+      ['skipped', 'skipped'],
+    ]),
+  );
   if (report.runId !== null) lines.push(pc.dim(`Ledger: run ${report.runId} (pnpm migrate:runs ${report.runId})`));
   const capped = report.tenants.filter((r) => r.capped).length;
   if (capped > 0)
@@ -108,20 +117,27 @@ export const tenantList: Renderer<TenantListReport> = {
     if (report.registered === 0) return ['No tenants registered yet (pnpm provision:tenant <org_id>)'];
     const filtered = report.tenants.length !== report.registered;
     if (report.tenants.length === 0) return [`No tenant matches (${plural(report.registered, 'tenant')} registered)`];
-    const rows = report.tenants.map((t) => [
-      t.orgId,
-      t.schema,
-      t.status === 'ACTIVE' ? t.status : pc.yellow(t.status),
-      t.version ?? '-',
-      t.pending === 0 ? '0' : pc.yellow(String(t.pending)),
-      t.labels.join(',') || '-',
-      t.createdAt.replace('T', ' ').slice(0, 16),
-      t.lastMigratedAt?.replace('T', ' ').slice(0, 16) ?? '-',
-      t.lastError === null ? '' : pc.red(short(t.lastError)),
-    ]);
+    // Tenants on several servers: each one's server after its schema.
+    const servers = report.tenants.some((t) => t.server !== undefined);
+    const rows = report.tenants.map((t) => {
+      const unreachable = t.state === 'unreachable';
+      return [
+        t.orgId,
+        t.schema,
+        ...(servers ? [t.server ?? '-'] : []),
+        t.status === 'ACTIVE' ? t.status : pc.yellow(t.status),
+        unreachable ? pc.red('unreachable') : (t.version ?? '-'),
+        unreachable ? '?' : t.pending === 0 ? '0' : pc.yellow(String(t.pending)),
+        t.labels.join(',') || '-',
+        t.createdAt.replace('T', ' ').slice(0, 16),
+        t.lastMigratedAt?.replace('T', ' ').slice(0, 16) ?? '-',
+        t.lastError === null ? '' : pc.red(short(t.lastError)),
+      ];
+    });
     const header = [
       'ORG ID',
       'SCHEMA',
+      ...(servers ? ['SERVER'] : []),
       'STATUS',
       'VERSION',
       'PENDING',
@@ -133,7 +149,8 @@ export const tenantList: Renderer<TenantListReport> = {
     const count = filtered
       ? `${report.tenants.length} of ${plural(report.registered, 'tenant')}`
       : plural(report.registered, 'tenant');
-    return [...table(header, rows), pc.dim(count)];
+    const warnings = (report.unreachable ?? []).map((down) => pc.yellow(`warning: ${down.message}`));
+    return [...table(header, rows), ...warnings, pc.dim(count)];
   },
 };
 

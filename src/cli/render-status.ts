@@ -31,7 +31,14 @@ const DRIFT_TENANTS = 20;
 const DRIFT_OBJECTS = 20;
 
 /** Worst first: the order of the groups. */
-export const STATE_ORDER: readonly TenantState[] = ['failed', 'schema-missing', 'behind', 'not-active', 'up-to-date'];
+export const STATE_ORDER: readonly TenantState[] = [
+  'failed',
+  'unreachable',
+  'schema-missing',
+  'behind',
+  'not-active',
+  'up-to-date',
+];
 
 export function statusRenderer(view: StatusView = {}): Renderer<StatusReport | StatusWithLedger> {
   return {
@@ -86,6 +93,7 @@ function statusText(report: StatusReport | StatusWithLedger, view: StatusView): 
   if (!report.registryExists) return [...lines, pc.yellow('No tenant registry yet: run `pnpm migrate:master`')];
   lines.push('', pc.bold('Tenants'), ...tenantLines(report.tenants, view));
   for (const orphan of report.orphans) lines.push(pc.yellow(`orphan schema ${orphan}: no registry row claims it`));
+  for (const down of report.unreachable ?? []) lines.push(pc.yellow(`warning: ${down.message}`));
   if (report.source === 'digest' && report.trusted > 0) {
     lines.push(
       pc.dim(
@@ -110,6 +118,7 @@ function statusText(report: StatusReport | StatusWithLedger, view: StatusView): 
 export function summaryLine(report: Pick<StatusReport, 'summary' | 'orphans'>): string {
   const s = report.summary;
   const parts = [`${s['up-to-date']} up to date`, `${s.behind} behind`, `${s.failed} failed`];
+  if ((s.unreachable ?? 0) > 0) parts.push(`${s.unreachable} unreachable`);
   if (s['schema-missing'] > 0) parts.push(`${s['schema-missing']} with a missing schema`);
   if (s['not-active'] > 0) parts.push(`${s['not-active']} not active`);
   if (report.orphans.length > 0) parts.push(plural(report.orphans.length, 'orphan schema'));
@@ -127,14 +136,18 @@ export function tenantLines(tenants: readonly TenantStatusRow[], view: StatusVie
   const shown = STATE_ORDER.filter((state) => !(hideUpToDate && state === 'up-to-date'));
   const rows = shown.flatMap((state) => groups.get(state) ?? []);
   const lines: string[] = [];
-  // Citus mode: the rows name each tenant's node, shown after its schema.
+  // Citus mode: the rows name each tenant's node, shown after its schema; tenants on several
+  // servers: each tenant's server, there too.
   const nodes = rows.some((t) => t.node !== undefined);
+  const servers = rows.some((t) => t.server !== undefined);
   if (rows.length > 0) {
     const headers = ['ORG ID', 'SCHEMA', 'STATUS', 'APPLIED', 'PENDING', 'NEXT', 'STATE', 'ERROR'];
-    const [header, ...body] = table(
-      nodes ? withNode(headers, 'NODE') : headers,
-      rows.map((t) => (nodes ? withNode(tenantCells(t, view), t.node ?? '-') : tenantCells(t, view))),
-    );
+    const cells = (t: TenantStatusRow): string[] => {
+      const base = nodes ? withNode(tenantCells(t, view), t.node ?? '-') : tenantCells(t, view);
+      return servers ? withNode(base, t.server ?? '-') : base;
+    };
+    const named = nodes ? withNode(headers, 'NODE') : headers;
+    const [header, ...body] = table(servers ? withNode(named, 'SERVER') : named, rows.map(cells));
     lines.push(header!);
     let at = 0;
     for (const state of shown) {
@@ -180,7 +193,7 @@ export function tenantCells(t: TenantStatusRow, view: StatusView = {}): string[]
   ];
 }
 
-/** The cells with the node's after the schema's. */
+/** The cells with the node's (or the server's) after the schema's. */
 function withNode(cells: readonly string[], node: string): string[] {
   return [...cells.slice(0, 2), node, ...cells.slice(2)];
 }

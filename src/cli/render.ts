@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import type cliProgress from 'cli-progress';
 import pc from 'picocolors';
+import { MAIN_SERVER } from '../config/config.ts';
 import type { RunDetail, RunSummary } from '../ledger/history.ts';
 import type { FanoutReport, TenantReport } from '../migrations/fanout.ts';
 import type { SharedRunReport } from '../migrations/master.ts';
@@ -137,8 +138,41 @@ function runText(report: FanoutReport): string[] {
   const lines = [
     `${plural(t.total, 'tenant')}: ${t.migrated} ${moved}, ${t['up-to-date']} ${idle}, ` +
       `${t.failed} failed, ${t.skipped} skipped (${formatDuration(report.durationMs)})`,
+    ...serverTotals(report.tenants, [
+      ['migrated', moved],
+      ['up-to-date', idle],
+      ['failed', 'failed'],
+      ['skipped', 'skipped'],
+    ]),
   ];
   return [...lines, ...pacingLines(report), ...detailLines(report, 'failed', 'Failed:')];
+}
+
+/**
+ * Tenants on several servers: one line of totals per server (`eu1: 3 migrated, 1 failed`), the
+ * counts that are not zero in the order of `words`, the main server first, then by name. None
+ * when the reports name fewer than two servers (a single server, or none configured).
+ */
+export function serverTotals(
+  tenants: readonly { readonly server?: string; readonly outcome: string }[],
+  words: readonly (readonly [outcome: string, word: string])[],
+): string[] {
+  const byServer = new Map<string, Map<string, number>>();
+  for (const { server, outcome } of tenants) {
+    if (server === undefined) continue;
+    const counts = byServer.get(server) ?? new Map<string, number>();
+    counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
+    byServer.set(server, counts);
+  }
+  if (byServer.size < 2) return [];
+  const order = [...byServer.keys()].sort((a, b) =>
+    a === MAIN_SERVER ? -1 : b === MAIN_SERVER ? 1 : a < b ? -1 : a > b ? 1 : 0,
+  );
+  return order.map((server) => {
+    const counts = byServer.get(server)!;
+    const parts = words.filter(([outcome]) => counts.has(outcome)).map(([o, word]) => `${counts.get(o)} ${word}`);
+    return `${server}: ${parts.join(', ')}`;
+  });
 }
 
 /** A dry-run: what would happen, per tenant that has work, and the totals. */
@@ -178,6 +212,12 @@ function dryRunText(report: FanoutReport): string[] {
     `Dry run, nothing written: ${plural(t.total, 'tenant')}: ${t['would-migrate'] ?? 0} ${verb}, ` +
       `${t['would-fail'] ?? 0} would fail, ${t['up-to-date']} ${report.direction === 'up' ? 'up to date' : 'with nothing to roll back'}, ` +
       `${t.skipped} skipped (${formatDuration(report.durationMs)})`,
+    ...serverTotals(report.tenants, [
+      ['would-migrate', verb],
+      ['would-fail', 'would fail'],
+      ['up-to-date', report.direction === 'up' ? 'up to date' : 'with nothing to roll back'],
+      ['skipped', 'skipped'],
+    ]),
   );
   return [...lines, ...pacingLines(report), ...detailLines(report, 'would-fail', 'Would fail:')];
 }

@@ -2,14 +2,17 @@ import type { Knex } from 'knex';
 import { RegistryMissingError, UsageError } from '../errors.ts';
 import { RUN_TENANTS } from '../ledger/ledger.ts';
 import { probeCapabilities } from '../migrations/books.ts';
+import type { TenantServerPools } from '../migrations/fanout.ts';
 import type { Migration } from '../migrations/source.ts';
-import { type AppliedVersion, collectStatus, type TenantState } from '../migrations/status.ts';
+import { type AppliedVersion, collectStatus, type StatusReport, type TenantState } from '../migrations/status.ts';
 
 /**
  * `tenants:list`: the registry as a person reads it. Positions come from `collectStatus` (the
  * registry digest where it can be trusted, the tracking table otherwise, exactly as
  * `migrate:status` places tenants); one more registry read adds labels and creation times, and
- * one ledger read the last time migrations changed each schema.
+ * one ledger read the last time migrations changed each schema. Tenants on several servers: each
+ * tracking table is read on its tenant's server; a server that does not answer leaves its
+ * tenants `unreachable` (their version unknown) and the others listed as usual.
  */
 
 export interface TenantListRow {
@@ -18,7 +21,7 @@ export interface TenantListRow {
   readonly status: string;
   /** Where `migrate:status` places it (`behind`, `up-to-date`, `failed`, …). */
   readonly state: TenantState;
-  /** The last tenant migration applied (by name), or null when none is (or it is not ACTIVE). */
+  /** The last tenant migration applied (by name), or null when none is (or it is not ACTIVE, or its server did not answer). */
   readonly version: string | null;
   /** Tenant migrations of the folder not applied yet. */
   readonly pending: number;
@@ -31,6 +34,8 @@ export interface TenantListRow {
    * schema); null when the ledger holds none (no ledger, or its rows are past retention).
    */
   readonly lastMigratedAt: string | null;
+  /** The server holding its schema (`main` or a TENANT_SERVERS name), when servers are configured. */
+  readonly server?: string;
 }
 
 /** The registry as `tenants:list` prints it: one row per selected tenant. */
@@ -39,10 +44,14 @@ export interface TenantListReport {
     readonly statuses: readonly string[];
     readonly labels: readonly string[];
     readonly behind: boolean;
+    /** `--server`, when given. */
+    readonly servers?: readonly string[];
   };
-  /** Registered tenants before the filters. */
+  /** Registered tenants before the filters (on the servers asked for, with `servers`). */
   readonly registered: number;
   readonly tenants: readonly TenantListRow[];
+  /** The tenant servers that did not answer (absent when every one did). */
+  readonly unreachable?: StatusReport['unreachable'];
 }
 
 /** Which tenants `tenants:list` shows: filters by status, label and pending work. */
@@ -56,6 +65,10 @@ export interface TenantListOptions {
   /** Read every tracking table instead of trusting registry digests. */
   readonly verify?: boolean;
   readonly parallel?: number;
+  /** Only tenants on these servers (`main` is the registry's own). */
+  readonly servers?: readonly string[];
+  /** Tenants on several servers (TENANT_SERVERS): each tracking table is read on its tenant's server. */
+  readonly pools?: TenantServerPools;
 }
 
 /** Lists the registry with each tenant's position; filters apply after positions are known. */
@@ -75,6 +88,8 @@ export async function listTenantsReport(
     verify: options.verify ?? false,
     parallel: options.parallel ?? 1,
     onVersion: (schema, version) => versions.set(schema, version),
+    ...(options.pools ? { pools: options.pools } : {}),
+    ...(options.servers ? { servers: options.servers } : {}),
   });
   const extras = await registryExtras(knex, capabilities.labels);
   const migrated = capabilities.ledger ? await lastMigrated(knex) : new Map<string, string>();
@@ -93,16 +108,20 @@ export async function listTenantsReport(
       lastError: t.error,
       createdAt: extra?.createdAt ?? '',
       lastMigratedAt: migrated.get(t.schema) ?? null,
+      ...(t.server !== undefined ? { server: t.server } : {}),
     };
     if (statuses.size > 0 && !statuses.has(row.status)) continue;
     if (labels.length > 0 && !row.labels.some((l) => labels.includes(l))) continue;
-    if (options.behind && row.pending === 0) continue;
+    // A tenant whose server did not answer may be behind: it stays listed.
+    if (options.behind && row.pending === 0 && row.state !== 'unreachable') continue;
     rows.push(row);
   }
+  const servers = options.servers ? { servers: options.servers } : {};
   return {
-    filters: { statuses: [...statuses], labels, behind: options.behind ?? false },
+    filters: { statuses: [...statuses], labels, behind: options.behind ?? false, ...servers },
     registered: status.tenants.length,
     tenants: rows,
+    ...(status.unreachable ? { unreachable: status.unreachable } : {}),
   };
 }
 

@@ -1,13 +1,15 @@
 import type { Knex } from 'knex';
-import { RegistryMissingError, UsageError } from '../errors.ts';
+import { messageOf, RegistryMissingError, UsageError } from '../errors.ts';
 import { closeRun, openRun, pruneLedger, type Retention } from '../ledger/ledger.ts';
 import { type Capabilities, probeCapabilities } from '../migrations/books.ts';
-import { pacing, selectTenants } from '../migrations/fanout.ts';
+import { groupBy, MAIN, pacing, probe, selectTenants, serverOf, type TenantServerPools } from '../migrations/fanout.ts';
 import { type Amount, type StopReason, stopMessage } from '../migrations/waves.ts';
+import type { Tenant } from '../tenants/registry.ts';
 import { loadTask, type RunTask } from './task.ts';
 import {
   type FleetRunSettings,
   runInTenant,
+  serverDown,
   skipped,
   type TenantRunReport,
   type TenantRunShared,
@@ -22,6 +24,10 @@ export type { FleetRunSettings, RunOutcome, TenantRunReport } from './tenant-run
  * transaction per tenant, the escape guard, bounded concurrency, the failure budget, a dry-run
  * that rolls each tenant back, and a ledger run (kind `run`) with a row per tenant it ran in or
  * failed on. A tenant's failure is reported, never thrown; the other tenants go on.
+ *
+ * Tenants on several servers (TENANT_SERVERS): each runs on its server's pool, with the run's
+ * concurrency per server (as `migrate:tenants`); a server that does not answer fails its
+ * tenants with one line, and the others go on.
  */
 
 export type RunTotals = Readonly<Record<'ran' | 'failed' | 'skipped', number>> & {
@@ -53,6 +59,8 @@ export interface FleetRunReport {
 export interface FleetRunOptions {
   readonly orgIds?: readonly string[];
   readonly labels?: readonly string[];
+  /** Only tenants on these servers (`main` is the registry's own; TENANT_SERVERS names the others). */
+  readonly servers?: readonly string[];
   /** Registry statuses to run in (default `ACTIVE`); selected tenants in another status are reported skipped. */
   readonly statuses?: readonly string[];
   readonly concurrency?: number;
@@ -81,6 +89,8 @@ export interface FleetRunContext {
   readonly escapeGuard: boolean;
   readonly poolMax: number;
   readonly retention: Retention;
+  /** Tenants on several servers; absent when none are configured. */
+  readonly servers?: TenantServerPools;
 }
 
 /** Result rows kept per tenant in a `tenants:run` report unless `rowLimit` says otherwise. */
@@ -97,13 +107,20 @@ export async function runAcrossTenants(
   const task = await loadTask(file);
   const capabilities = await probeCapabilities(ctx.knex);
   if (!capabilities.registry) throw new RegistryMissingError();
+  if (ctx.servers && !capabilities.servers) {
+    throw new UsageError(
+      'TENANT_SERVERS is set but this registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
+      { code: 'E_NO_SERVERS_COLUMN' },
+    );
+  }
   const tenants = await selectTenants({ knex: ctx.knex, capabilities }, options);
   const statuses = new Set(settings.statuses);
   const queue = tenants.filter((t) => statuses.has(t.status));
   const reports: TenantRunReport[] = [];
-  const emit = (report: TenantRunReport): void => {
-    reports.push(report);
-    options.onTenant?.(report);
+  const emit = (tenant: Tenant, report: TenantRunReport): void => {
+    const line = ctx.servers ? { ...report, server: serverOf(tenant) } : report;
+    reports.push(line);
+    options.onTenant?.(line);
   };
   const warnings: string[] = [];
   const ledger = settings.dryRun ? false : await ledgerKnowsRuns(ctx.knex, capabilities);
@@ -115,25 +132,61 @@ export async function runAcrossTenants(
     options.onStart?.(tenants.length, queue.length);
     for (const tenant of tenants) {
       if (!statuses.has(tenant.status))
-        emit(skipped(tenant, `status is ${tenant.status}, not ${settings.statuses.join(' or ')}`));
+        emit(tenant, skipped(tenant, `status is ${tenant.status}, not ${settings.statuses.join(' or ')}`));
     }
-    const shared: TenantRunShared = { knex: ctx.knex, lockTimeoutMs: ctx.lockTimeoutMs, task, settings, run };
+    const shared: TenantRunShared = {
+      knex: ctx.knex,
+      lockTimeoutMs: ctx.lockTimeoutMs,
+      task,
+      settings,
+      run,
+      warn: (message) => warnings.push(message),
+    };
     const { budget } = pacing(queue.length, 0, options);
     let failures = 0;
-    let next = 0;
     let stoppedBy: StopReason | null = null;
-    const worker = async (): Promise<void> => {
-      while (stoppedBy === null && next < queue.length) {
-        const report = await runInTenant(shared, queue[next++]!);
-        emit(report);
-        if ((report.outcome === 'failed' || report.outcome === 'would-fail') && ++failures >= budget)
-          stoppedBy = 'max-failures';
+    const begun = new Set<Tenant>();
+    const down = new Map<string, string>();
+    const runOne = async (tenant: Tenant): Promise<TenantRunReport> => {
+      const server = serverOf(tenant);
+      const known = down.get(server);
+      if (known !== undefined) return serverDown(tenant, settings, known);
+      let knex: Knex;
+      try {
+        knex = knexOf(ctx, server);
+      } catch (error) {
+        down.set(server, messageOf(error));
+        return serverDown(tenant, settings, messageOf(error));
       }
+      const report = await runInTenant(shared, tenant, { knex, remote: server !== MAIN });
+      if (report.error === null || server === MAIN) return report;
+      // A tenant server that stopped answering fails its remaining tenants at once, with one line.
+      const why = down.get(server) ?? (await probe(ctx.servers, server));
+      if (why === undefined) return report;
+      down.set(server, why);
+      return { ...report, error: { migration: null, message: why, code: 'E_SERVER_DOWN' } };
     };
-    const concurrency = Math.max(1, Math.min(options.concurrency ?? ctx.poolMax, ctx.poolMax, queue.length));
-    await Promise.all(Array.from({ length: concurrency }, worker));
+    // Each server's tenants on its own pool, as many at once as that pool allows.
+    await Promise.all(
+      [...groupBy(queue, serverOf)].map(([server, items]) => {
+        let next = 0;
+        const worker = async (): Promise<void> => {
+          while (stoppedBy === null && next < items.length) {
+            const tenant = items[next++]!;
+            begun.add(tenant);
+            const report = await runOne(tenant);
+            emit(tenant, report);
+            if ((report.outcome === 'failed' || report.outcome === 'would-fail') && ++failures >= budget)
+              stoppedBy = 'max-failures';
+          }
+        };
+        const pool = poolMaxOf(ctx, server);
+        const concurrency = Math.max(1, Math.min(options.concurrency ?? pool, pool, items.length));
+        return Promise.all(Array.from({ length: concurrency }, worker));
+      }),
+    );
     const reason = stoppedBy === null ? '' : stopMessage(stoppedBy, budget);
-    for (const tenant of queue.slice(next)) emit(skipped(tenant, reason));
+    for (const tenant of queue) if (!begun.has(tenant)) emit(tenant, skipped(tenant, reason));
     const totals = totalsOf(reports, settings.dryRun);
     if (run) {
       const counts = { total: totals.total, migrated: totals.ran, 'up-to-date': 0, failed: totals.failed };
@@ -156,6 +209,24 @@ export async function runAcrossTenants(
     };
   } finally {
     run?.stopHeartbeat();
+  }
+}
+
+/** A tenant server's Knex; throws (a one-line UsageError) for a server this configuration does not name. */
+function knexOf(ctx: FleetRunContext, server: string): Knex {
+  if (server === MAIN) return ctx.knex;
+  if (!ctx.servers)
+    throw new UsageError(`server ${server} is not configured (TENANT_SERVERS)`, { code: 'E_UNKNOWN_SERVER' });
+  return ctx.servers.knexFor(server);
+}
+
+/** A server's pool size (its concurrency cap); 1 for a server that is not configured (its tenants fail at once). */
+function poolMaxOf(ctx: FleetRunContext, server: string): number {
+  if (server === MAIN || !ctx.servers) return ctx.poolMax;
+  try {
+    return ctx.servers.poolMax(server);
+  } catch {
+    return 1;
   }
 }
 

@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { withDedicatedConnection } from '../db/dedicated.ts';
 import { tenantSearchPath } from '../db/identifiers.ts';
 import { lockForTransaction, lockSession, unlockSession } from '../db/locks.ts';
-import { ToolkitError } from '../errors.ts';
+import { messageOf, ToolkitError } from '../errors.ts';
 import { type OpenRun, tenantRowClause } from '../ledger/ledger.ts';
 import { type Escape, findEscapes, GUARD_MARK_COLUMNS, type GuardMark, guardMarkOf } from '../migrations/guard.ts';
 import { tenantTarget } from '../migrations/targets.ts';
@@ -17,6 +17,9 @@ import type { ResultRow, RunTask, RunTenant, TaskResult } from './task.ts';
  * path and lock timeout for that transaction only, the escape guard, then commit (with the
  * tenant's ledger row) or, on a dry-run, rollback. `--no-transaction` runs on one dedicated
  * connection instead (see `inSession`). A failure is reported, never thrown.
+ *
+ * A tenant on another server than the registry's runs there (its lock, search path and
+ * transaction on that server); its ledger row is written on the main server after its commit.
  */
 
 export type RunOutcome = 'ran' | 'failed' | 'skipped' | 'would-run' | 'would-fail';
@@ -37,6 +40,8 @@ export interface TenantRunReport {
   /** What escaped the schema, when the escape guard refused the tenant's run. */
   readonly escapes: readonly Escape[];
   readonly durationMs: number;
+  /** The server the tenant lives on (`main` or a TENANT_SERVERS name), when servers are configured. */
+  readonly server?: string;
 }
 
 /** A run's settings, checked once (see `runAcrossTenants`). */
@@ -52,12 +57,21 @@ export interface FleetRunSettings {
 
 /** What every tenant of one run shares: built once, passed down unchanged. */
 export interface TenantRunShared {
+  /** The main server's: the registry and the ledger (and the tenants that live there). */
   readonly knex: Knex;
   readonly lockTimeoutMs: number;
   readonly task: RunTask;
   readonly settings: FleetRunSettings;
   /** The ledger run, when this run is recorded. */
   readonly run: OpenRun | undefined;
+  /** Told what went wrong after a tenant's commit (its ledger row on main), for the run's warnings. */
+  readonly warn?: (message: string) => void;
+}
+
+/** The server a tenant's schema is on: its Knex, and whether that is another server than the registry's. */
+export interface TenantServer {
+  readonly knex: Knex;
+  readonly remote: boolean;
 }
 
 type One = TenantRunShared;
@@ -80,8 +94,15 @@ class RollBack {
   constructor(readonly result: TaskResult) {}
 }
 
-/** One tenant: run, report, and its ledger row (in its transaction when it has one). */
-export async function runInTenant(one: One, tenant: Tenant): Promise<TenantRunReport> {
+/**
+ * One tenant: run, report, and its ledger row (in its transaction when it has one and the tenant
+ * is on the main server). `where`: the tenant's server (default: the main one).
+ */
+export async function runInTenant(
+  one: One,
+  tenant: Tenant,
+  where: TenantServer = { knex: one.knex, remote: false },
+): Promise<TenantRunReport> {
   const t0 = Date.now();
   const { settings } = one;
   const info: RunTenant = {
@@ -94,7 +115,9 @@ export async function runInTenant(one: One, tenant: Tenant): Promise<TenantRunRe
   try {
     // A registry row naming `public` (or any non-derived name, e.g. edited by hand) is never opened.
     if (!isTenantSchemaName(tenant.schema)) throw new SchemaNameError(tenant.schema);
-    const result = settings.transaction ? await inTransaction(one, info, t0) : await inSession(one, info, t0);
+    const result = settings.transaction
+      ? await inTransaction(one, where, info, t0)
+      : await inSession(one, where, info, t0);
     return finished(tenant, settings, result, null, Date.now() - t0);
   } catch (error) {
     const report = finished(tenant, settings, null, error, Date.now() - t0);
@@ -107,10 +130,11 @@ export async function runInTenant(one: One, tenant: Tenant): Promise<TenantRunRe
   }
 }
 
-async function inTransaction(one: One, tenant: RunTenant, t0: number): Promise<TaskResult> {
+async function inTransaction(one: One, where: TenantServer, tenant: RunTenant, t0: number): Promise<TaskResult> {
   const { task, settings } = one;
+  let committed: TaskResult;
   try {
-    return await one.knex.transaction(async (trx) => {
+    committed = await where.knex.transaction(async (trx) => {
       // The lock first and alone: lock_timeout must not cut short a wait for a migration of this tenant.
       await lockForTransaction(trx, tenant.schema);
       const mark = await scope(trx, tenant.schema, one.lockTimeoutMs, true);
@@ -122,13 +146,20 @@ async function inTransaction(one: One, tenant: RunTenant, t0: number): Promise<T
         : await searchPathEscape(trx, tenant.schema);
       if (escapes.length > 0) throw new RunEscapeError(task.name, tenant.schema, escapes);
       if (settings.dryRun) throw new RollBack(result);
-      if (one.run) await writeLedgerRow(trx, one, ran(tenant, Date.now() - t0));
+      if (one.run && !where.remote) await writeLedgerRow(trx, one, ran(tenant, Date.now() - t0));
       return result;
     });
   } catch (error) {
     if (error instanceof RollBack) return error.result;
     throw error;
   }
+  // On another server: the ledger (on main) after the tenant's commit; the tenant did run.
+  if (one.run && where.remote) {
+    await writeLedgerRow(one.knex, one, ran(tenant, Date.now() - t0)).catch((error: unknown) =>
+      one.warn?.(`${tenant.orgId} (${tenant.schema}) ran, but its ledger row was not written: ${messageOf(error)}`),
+    );
+  }
+  return committed;
 }
 
 /**
@@ -138,16 +169,17 @@ async function inTransaction(one: One, tenant: RunTenant, t0: number): Promise<T
  * every setting it changed (`RESET ALL`, which also undoes ours) and its role are reset, and the
  * lock released. A search path changed by the code fails the tenant (it ran somewhere else).
  */
-async function inSession(one: One, tenant: RunTenant, t0: number): Promise<TaskResult> {
+async function inSession(one: One, where: TenantServer, tenant: RunTenant, t0: number): Promise<TaskResult> {
   const { task } = one;
-  return withDedicatedConnection(one.knex, async (conn) => {
+  return withDedicatedConnection(where.knex, async (conn) => {
     await lockSession(conn, tenant.schema);
     try {
       await scope(conn, tenant.schema, one.lockTimeoutMs, false);
       const result = await task.execute(conn, tenant);
       const escapes = await searchPathEscape(conn, tenant.schema);
       if (escapes.length > 0) throw new RunEscapeError(task.name, tenant.schema, escapes);
-      if (one.run) await writeLedgerRow(conn, one, ran(tenant, Date.now() - t0));
+      // The ledger is on main: for a tenant elsewhere, written there (its statements committed already).
+      if (one.run) await writeLedgerRow(where.remote ? one.knex : conn, one, ran(tenant, Date.now() - t0));
       return result;
     } finally {
       // A failed task's connection is also discarded by withDedicatedConnection; a clean one goes back reset.
@@ -221,6 +253,15 @@ function finished(
     error: failed ? failureOf(error) : null,
     escapes: error instanceof RunEscapeError ? error.escapes : [],
     durationMs,
+  };
+}
+
+/** A tenant not run because its server does not answer (or is not configured): one line. */
+export function serverDown(tenant: Tenant, settings: FleetRunSettings, message: string): TenantRunReport {
+  return {
+    ...skipped(tenant, message),
+    outcome: settings.dryRun ? 'would-fail' : 'failed',
+    error: { migration: null, message, code: 'E_SERVER_DOWN' },
   };
 }
 

@@ -1,6 +1,8 @@
 import type { Knex } from 'knex';
+import { messageOf } from '../errors.ts';
 import { SCHEMA_PREFIX } from '../tenants/naming.ts';
-import type { AppliedVersion } from './status.ts';
+import { groupBy, MAIN, probe, type TenantServerPools } from './fanout.ts';
+import type { AppliedVersion, UnreachableServer } from './status.ts';
 import { TENANT_TRACKING_TABLE } from './targets.ts';
 
 /**
@@ -68,6 +70,18 @@ export interface DriftReport {
   readonly groups: readonly DriftGroup[];
 }
 
+/**
+ * Tenants on several servers: each schema is fingerprinted (and listed) on the server holding
+ * it, and compared with every tenant at its version wherever that one lives.
+ */
+export interface DriftServers {
+  /** The server of a tenant schema (`main` for the registry's own). */
+  readonly serverOf: (schema: string) => string;
+  readonly pools?: TenantServerPools;
+  /** Told of a server that did not answer: its tenants are left out of the comparison. */
+  readonly onUnreachable?: (server: UnreachableServer) => void;
+}
+
 /** Distinct outlier fingerprints listed object by object, per run (each costs one catalog read). */
 const MAX_DIFFS = 50;
 /** md5 of the empty string: what string_agg over no objects would hash to. */
@@ -81,10 +95,31 @@ export async function collectDrift(
   knex: Knex,
   versions: ReadonlyMap<string, AppliedVersion>,
   orgIdOf: (schema: string) => string,
+  servers?: DriftServers,
 ): Promise<DriftReport> {
-  const fingerprints = await fingerprintSchemas(knex);
+  const byServer = groupBy([...versions.keys()], (schema) => servers?.serverOf(schema) ?? MAIN);
+  const fingerprints = new Map<string, string>();
+  const unreachable = new Set<string>();
+  for (const [server, schemas] of byServer) {
+    if (server === MAIN) {
+      // Only this server's tenants: another server's tenant may have left a copy here (a move).
+      const mine = new Set(schemas);
+      for (const [schema, print] of await fingerprintSchemas(knex))
+        if (mine.has(schema)) fingerprints.set(schema, print);
+      continue;
+    }
+    try {
+      const prints = await fingerprintSchemas(knexOf(servers?.pools, server), schemas);
+      for (const [schema, print] of prints) fingerprints.set(schema, print);
+    } catch (error) {
+      unreachable.add(server);
+      const message = (await probe(servers?.pools, server)) ?? messageOf(error).split('\n')[0]!;
+      servers?.onUnreachable?.({ server, message });
+    }
+  }
   const members: Member[] = [];
   for (const [schema, version] of versions) {
+    if (unreachable.has(servers?.serverOf(schema) ?? MAIN)) continue;
     // A schema with no objects at all has no row: its fingerprint is that of nothing.
     const fingerprint = fingerprints.get(schema) ?? EMPTY_FINGERPRINT;
     members.push({ schema, orgId: orgIdOf(schema), version, fingerprint });
@@ -96,7 +131,11 @@ export async function collectDrift(
     for (const outlier of group.outliers) wanted.push({ majority: group.majority.representative, outlier });
   const listed = wanted.slice(0, MAX_DIFFS);
   const schemas = [...new Set(listed.flatMap((w) => [w.majority.schema, w.outlier.tenants[0]!.schema]))];
-  const objects = schemas.length === 0 ? new Map() : await listObjects(knex, schemas);
+  const objects = new Map<string, SchemaObject[]>();
+  for (const [server, some] of groupBy(schemas, (schema) => servers?.serverOf(schema) ?? MAIN)) {
+    const found = await listObjects(server === MAIN ? knex : knexOf(servers?.pools, server), some);
+    for (const [schema, list] of found) objects.set(schema, list);
+  }
   const diffs = new Map<string, readonly ObjectDiff[]>();
   for (const { majority, outlier } of listed) {
     diffs.set(
@@ -251,16 +290,27 @@ function objectsSql(where: string): string {
       from objects o join s on s.oid = o.ns`;
 }
 
+/** A tenant server's Knex (the registry's own is the caller's). */
+function knexOf(pools: TenantServerPools | undefined, server: string): Knex {
+  if (!pools) throw new Error(`server ${server} is not configured (TENANT_SERVERS)`);
+  return pools.knexFor(server);
+}
+
 /**
  * One fingerprint per registered tenant schema: md5 over its objects (kind, name, md5 of the
- * normalised definition) in a fixed order, computed by the server in one statement.
+ * normalised definition) in a fixed order, computed by the server in one statement. `schemas`:
+ * those schemas instead (on another server than the registry's, which has no `public.tenants`).
  */
-export async function fingerprintSchemas(knex: Knex): Promise<Map<string, string>> {
-  const where = `starts_with(s.nspname, '${SCHEMA_PREFIX}')
-                 and exists (select 1 from public.tenants t where t.schema_name = s.nspname)`;
+export async function fingerprintSchemas(knex: Knex, schemas?: readonly string[]): Promise<Map<string, string>> {
+  const where =
+    schemas === undefined
+      ? `starts_with(s.nspname, '${SCHEMA_PREFIX}')
+                 and exists (select 1 from public.tenants t where t.schema_name = s.nspname)`
+      : 's.nspname = any(?::text[])';
   const result = await knex.raw(
     `select schema, md5(string_agg(kind || ' ' || name || ' ' || md5(def), E'\\n' order by kind, name)) as fingerprint
        from (${objectsSql(where)}) o group by schema`,
+    schemas === undefined ? [] : [[...schemas]],
   );
   const prints = new Map<string, string>();
   for (const row of result.rows as { schema: string; fingerprint: string }[]) prints.set(row.schema, row.fingerprint);

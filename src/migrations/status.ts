@@ -1,14 +1,16 @@
 import type { Knex } from 'knex';
+import { messageOf } from '../errors.ts';
 import { isTenantSchemaName, SCHEMA_PREFIX } from '../tenants/naming.ts';
 import { probeCapabilities } from './books.ts';
+import { groupBy, MAIN, probe, type TenantServerPools } from './fanout.ts';
 import { type AppliedMigration, digestOf, folderDigest, planUp } from './plan.ts';
 import { scanSchemas } from './prescan.ts';
 import type { MigrationFile } from './source.ts';
 import { MASTER_TARGET, TENANT_TRACKING_TABLE } from './targets.ts';
 import { stuckKnexLocks } from './tracking.ts';
 
-/** Where one tenant stands. */
-export type TenantState = 'up-to-date' | 'behind' | 'failed' | 'schema-missing' | 'not-active';
+/** Where one tenant stands; `unreachable`: its server did not answer (tenants on several servers). */
+export type TenantState = 'up-to-date' | 'behind' | 'failed' | 'schema-missing' | 'not-active' | 'unreachable';
 
 /** One tenant in `migrate:status`: its state, applied count, pending names, missing files and last error. */
 export interface TenantStatusRow {
@@ -35,7 +37,15 @@ export interface TenantStatusRow {
    * when the schema is not distributed (a plain schema on the coordinator) or missing.
    */
   readonly node?: string | null;
+  /**
+   * The server holding the schema (`main` or a TENANT_SERVERS name): present when servers are
+   * configured, or when the registry names a server this configuration does not know.
+   */
+  readonly server?: string;
 }
+
+/** A tenant server that did not answer (`StatusReport['unreachable']`'s items). */
+export type UnreachableServer = NonNullable<StatusReport['unreachable']>[number];
 
 /** Where master and every tenant stand (`migrate:status`): per-tenant rows, orphan schemas, a summary. */
 export interface StatusReport {
@@ -55,7 +65,16 @@ export interface StatusReport {
   readonly tenants: readonly TenantStatusRow[];
   /** `tid_…` schemas that no registry row claims. */
   readonly orphans: readonly string[];
-  readonly summary: Readonly<Record<TenantState, number>> & { readonly total: number };
+  /** `unreachable` is counted only when a server did not answer. */
+  readonly summary: Readonly<Record<Exclude<TenantState, 'unreachable'>, number>> & {
+    readonly unreachable?: number;
+    readonly total: number;
+  };
+  /**
+   * The tenant servers that did not answer (absent when every one did); `message` is one line:
+   * `server eu2 (host:port/db) is unreachable: …`. Their tenants that needed them are `unreachable`.
+   */
+  readonly unreachable?: readonly { readonly server: string; readonly message: string }[];
 }
 
 /** The set of migrations applied in a schema, as drift groups tenants by it. */
@@ -75,7 +94,14 @@ export interface StatusOptions {
   readonly parallel?: number;
   /** Called with the applied version of each ACTIVE tenant whose schema exists (for drift). */
   readonly onVersion?: (schema: string, version: AppliedVersion) => void;
+  /** Tenants on several servers (TENANT_SERVERS): each tracking table is read on its tenant's server. */
+  readonly pools?: TenantServerPools;
+  /** Only tenants on these servers (`main` is the registry's own). */
+  readonly servers?: readonly string[];
 }
+
+/** The summary as it is counted (`unreachable` only once a tenant is). */
+type Counts = Record<Exclude<TenantState, 'unreachable'>, number> & { unreachable?: number; total: number };
 
 /** Registry rows are read this many at a time (keyset pages), so that no page holds the fleet. */
 const PAGE = 10_000;
@@ -90,7 +116,10 @@ interface RegistryRow {
   readonly error: string | null;
   readonly lastMigrationError: string | null;
   readonly migrationsDigest: string | null;
+  /** Whether its schema exists on the main server (the registry's). */
   readonly exists: boolean;
+  /** The server holding its schema (null: the main one). */
+  readonly server: string | null;
 }
 
 /**
@@ -101,6 +130,11 @@ interface RegistryRow {
  * it: up to date; fewer: behind by the rest) and that has no recorded error is placed without
  * opening its schema, as `migrate:tenants` trusts it: the toolkit writes the digest in the
  * statement that writes the tracking rows. `verify` reads every tracking table instead.
+ *
+ * A tenant on another server than the registry's is always read there (no trigger on that
+ * server clears its digest when plain Knex changes its tracking table), a few round trips per
+ * server and page. A server that does not answer makes its tenants `unreachable` (one line in
+ * `unreachable`); the others are reported as usual.
  */
 export async function collectStatus(
   knex: Knex,
@@ -110,7 +144,7 @@ export async function collectStatus(
 ): Promise<StatusReport> {
   const masterApplied = await readMaster(knex);
   const masterPlan = planUp(master, masterApplied);
-  const summary = { 'up-to-date': 0, behind: 0, failed: 0, 'schema-missing': 0, 'not-active': 0, total: 0 };
+  const summary: Counts = { 'up-to-date': 0, behind: 0, failed: 0, 'schema-missing': 0, 'not-active': 0, total: 0 };
   const masterPart = {
     applied: masterApplied,
     pending: masterPlan.steps.map((m) => m.name),
@@ -129,40 +163,130 @@ export async function collectStatus(
   const rows: TenantStatusRow[] = [];
   let trusted = 0;
   const add = (row: TenantStatusRow): void => {
-    summary[row.state]++;
+    if (row.state === 'unreachable') summary.unreachable = (summary.unreachable ?? 0) + 1;
+    else summary[row.state]++;
     summary.total++;
     rows.push(row);
   };
-  for await (const page of registryPages(knex, capabilities.digest)) {
+  const down = new Map<string, string>();
+  const reader = { knex, parallel: options.parallel ?? 1, pools: options.pools, down };
+  for await (const page of registryPages(knex, capabilities.digest, capabilities.servers, options.servers)) {
     // Registry order within the page: the rows that need their tracking table read are read
-    // together, then the page is emitted in order.
-    const scanned = new Map<string, readonly AppliedMigration[] | null>();
-    const toScan = page.filter((t) => isOpen(t) && trustedPosition(t, known) === undefined).map((t) => t.schema);
-    for await (const states of scanSchemas(knex, toScan, TENANT_TRACKING_TABLE, options.parallel ?? 1)) {
-      for (const [schema, scan] of states) scanned.set(schema, scan.exists ? scan.applied : null);
-    }
-    const locked = new Set(
-      await stuckKnexLocks(
-        knex,
-        toScan.filter((schema) => scanned.get(schema)),
-        TENANT_TRACKING_TABLE,
+    // together, each server's on that server, then the page is emitted in order.
+    const toScan = page.filter((t) => needsScan(t, known));
+    const reads = await Promise.all(
+      [...groupBy(toScan, serverOfRow)].map(([server, group]) =>
+        readServer(
+          reader,
+          server,
+          group.map((t) => t.schema),
+        ),
       ),
     );
+    const scanned = new Map(reads.flatMap((read) => [...read.scanned]));
+    const locked = new Set(reads.flatMap((read) => read.locked));
     for (const t of page) {
-      const position = isOpen(t) ? trustedPosition(t, known) : undefined;
+      const server = serverOfRow(t);
+      const shown = (row: TenantStatusRow): TenantStatusRow =>
+        options.pools || server !== MAIN ? { ...row, server } : row;
+      const position = server === MAIN && isOpen(t) ? trustedPosition(t, known) : undefined;
       if (position !== undefined) {
         trusted++;
-        add(placed(t, position, tenant.length, pendingAt[position]!));
+        add(shown(placed(t, position, tenant.length, pendingAt[position]!)));
         options.onVersion?.(t.schema, versionAt[position]!);
         continue;
       }
+      if (down.has(server) && needsScan(t, known)) {
+        add(shown(unreachableRow(t)));
+        continue;
+      }
       const applied = scanned.has(t.schema) ? scanned.get(t.schema)! : undefined;
-      const row = scannedRow(t, tenant, applied);
-      add(locked.has(t.schema) ? withKnexLock(row) : row);
+      // On another server, whether the schema exists is what the scan found there.
+      const here = server === MAIN ? t : { ...t, exists: applied !== undefined && applied !== null };
+      const row = scannedRow(here, tenant, applied);
+      add(shown(locked.has(t.schema) ? withKnexLock(row) : row));
       if (applied && t.status === 'ACTIVE') options.onVersion?.(t.schema, versionOf(applied));
     }
   }
-  return { ...empty, registryExists: true, trusted, tenants: rows, orphans: await findOrphans(knex) };
+  const unreachable = [...down].map(([server, message]) => ({ server, message }));
+  const wantsMain = options.servers === undefined || options.servers.includes(MAIN);
+  return {
+    ...empty,
+    registryExists: true,
+    trusted,
+    tenants: rows,
+    orphans: wantsMain ? await findOrphans(knex) : [],
+    ...(unreachable.length > 0 ? { unreachable } : {}),
+  };
+}
+
+/** The server of a registry row (`main` for none). */
+function serverOfRow(t: RegistryRow): string {
+  return t.server ?? MAIN;
+}
+
+/**
+ * Whether a tenant's tracking table is read: an ACTIVE tenant with a derived schema name whose
+ * position the digest does not give (on the main server, where its schema exists: elsewhere,
+ * always).
+ */
+function needsScan(t: RegistryRow, known: ReadonlyMap<string, number>): boolean {
+  if (serverOfRow(t) !== MAIN) return t.status === 'ACTIVE' && isTenantSchemaName(t.schema);
+  return isOpen(t) && trustedPosition(t, known) === undefined;
+}
+
+/** What reading one server's tracking tables needs; `down` collects the servers that did not answer. */
+interface ServerReader {
+  readonly knex: Knex;
+  readonly parallel: number;
+  readonly pools: TenantServerPools | undefined;
+  readonly down: Map<string, string>;
+}
+
+/**
+ * The tracking tables of `schemas`, all on `server`: their applied rows (null: no schema) and
+ * those whose Knex lock row is set. On another server than main, a failure (the server down, or
+ * not configured) is recorded in `down` instead of thrown, and that server is not asked again.
+ */
+async function readServer(
+  reader: ServerReader,
+  server: string,
+  schemas: readonly string[],
+): Promise<{ scanned: Map<string, readonly AppliedMigration[] | null>; locked: string[] }> {
+  const scanned = new Map<string, readonly AppliedMigration[] | null>();
+  if (schemas.length === 0 || reader.down.has(server)) return { scanned, locked: [] };
+  const read = async (knex: Knex, parallel: number) => {
+    for await (const states of scanSchemas(knex, schemas, TENANT_TRACKING_TABLE, parallel)) {
+      for (const [schema, scan] of states) scanned.set(schema, scan.exists ? scan.applied : null);
+    }
+    const present = schemas.filter((schema) => scanned.get(schema));
+    return { scanned, locked: await stuckKnexLocks(knex, present, TENANT_TRACKING_TABLE) };
+  };
+  if (server === MAIN) return read(reader.knex, reader.parallel);
+  try {
+    if (!reader.pools) throw new Error(`server ${server} is not configured (TENANT_SERVERS)`);
+    return await read(reader.pools.knexFor(server), Math.min(reader.parallel, reader.pools.poolMax(server)));
+  } catch (error) {
+    reader.down.set(server, (await probe(reader.pools, server)) ?? messageOf(error).split('\n')[0]!);
+    return { scanned: new Map(), locked: [] };
+  }
+}
+
+/**
+ * A tenant whose server did not answer: its position is not known (why is said once per server,
+ * in the report's `unreachable`); its error is the registry's.
+ */
+function unreachableRow(t: RegistryRow): TenantStatusRow {
+  return {
+    orgId: t.orgId,
+    schema: t.schema,
+    status: t.status,
+    state: 'unreachable',
+    applied: 0,
+    pending: NONE,
+    missing: NONE,
+    error: t.lastMigrationError,
+  };
 }
 
 /** Digest of each prefix of the folder (name order) → its length: the positions a digest can name. */
@@ -252,18 +376,28 @@ function versionOf(applied: readonly { readonly name: string }[]): AppliedVersio
 
 /**
  * The registry in id order, a page at a time, each row with whether its schema exists (one
- * join with the catalog, so that a dropped schema shows even where the digest is trusted).
+ * join with the catalog, so that a dropped schema shows even where the digest is trusted) and,
+ * when the registry records servers, its server (only those of `servers`, when given).
  */
-async function* registryPages(knex: Knex, withDigest: boolean): AsyncGenerator<RegistryRow[]> {
+async function* registryPages(
+  knex: Knex,
+  withDigest: boolean,
+  withServers: boolean,
+  servers: readonly string[] | undefined,
+): AsyncGenerator<RegistryRow[]> {
   const digest = withDigest ? 't.migrations_digest' : 'null::text';
+  const server = withServers ? 't.server' : 'null::text';
+  // Without the column every tenant is on main.
+  if (servers !== undefined && !withServers && !servers.includes(MAIN)) return;
+  const only = servers !== undefined && withServers ? `and coalesce(t.server, '${MAIN}') = any(?::text[])` : '';
   let after = 0;
   for (;;) {
     const result = await knex.raw(
       `select t.id, t.clerk_org_id as "orgId", t.schema_name as schema, t.status, t.error,
               t.last_migration_error as "lastMigrationError", ${digest} as "migrationsDigest",
-              exists (select 1 from pg_namespace n where n.nspname = t.schema_name) as exists
-         from public.tenants t where t.id > ? order by t.id limit ?`,
-      [after, PAGE],
+              exists (select 1 from pg_namespace n where n.nspname = t.schema_name) as exists, ${server} as server
+         from public.tenants t where t.id > ? ${only} order by t.id limit ?`,
+      only ? [after, [...servers!], PAGE] : [after, PAGE],
     );
     const page = (result.rows as Record<string, unknown>[]).map(
       (r): RegistryRow => ({
@@ -275,6 +409,7 @@ async function* registryPages(knex: Knex, withDigest: boolean): AsyncGenerator<R
         lastMigrationError: (r.lastMigrationError as string | null) ?? null,
         migrationsDigest: (r.migrationsDigest as string | null) ?? null,
         exists: Boolean(r.exists),
+        server: (r.server as string | null) ?? null,
       }),
     );
     if (page.length === 0) return;

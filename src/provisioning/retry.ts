@@ -1,6 +1,8 @@
 import type { Knex } from 'knex';
+import { MAIN_SERVER } from '../config/config.ts';
 import { LOCK_NAMESPACE } from '../db/locks.ts';
 import { messageOf, ToolkitError } from '../errors.ts';
+import { probeCapabilities } from '../migrations/books.ts';
 import type { RunFailure } from '../migrations/unit.ts';
 import type { ProvisionReport } from './provisioner.ts';
 
@@ -15,7 +17,8 @@ import type { ProvisionReport } from './provisioner.ts';
  * every PROVISIONING tenant: held means running (`in-progress`, left alone), free means crashed.
  * A provisioner in the short window between registering the org and taking the lock looks
  * crashed; retrying it is still safe, as two provisionings of one org queue on the lock and the
- * second finds the tenant ACTIVE (`already-active`).
+ * second finds the tenant ACTIVE (`already-active`). A tenant on another server (TENANT_SERVERS)
+ * holds that lock there: its lock is tried on its server.
  */
 
 export type RetryOutcome = 'provisioned' | 'already-active' | 'failed' | 'in-progress';
@@ -46,6 +49,8 @@ export interface RetryOptions {
   readonly concurrency?: number;
   /** Called as each tenant finishes. */
   readonly onTenant?: (report: RetryTenantReport) => void;
+  /** Tenants on several servers (TENANT_SERVERS): a remote tenant's lock is tried on its server. */
+  readonly servers?: { knexFor(name: string): Knex };
 }
 
 interface Candidate {
@@ -58,23 +63,54 @@ interface Candidate {
 /**
  * The candidates in registry order, each PROVISIONING one with whether its provisioning is
  * running: one transaction tries every such tenant's lock (`pg_try_advisory_xact_lock`, never
- * waiting) and ends at once, releasing those it got.
+ * waiting) and ends at once, releasing those it got; one more per other server holding some.
  */
-export async function findRetryCandidates(knex: Knex): Promise<Candidate[]> {
-  return knex.transaction(async (trx) => {
+export async function findRetryCandidates(knex: Knex, servers?: { knexFor(name: string): Knex }): Promise<Candidate[]> {
+  const withServer = servers !== undefined && (await probeCapabilities(knex)).servers;
+  const server = withServer ? 'server' : 'null::text';
+  const rows = await knex.transaction(async (trx) => {
     const result = await trx.raw(
-      `select clerk_org_id as "orgId", schema_name as schema, status,
-              status = 'PROVISIONING' and not pg_try_advisory_xact_lock(?, hashtext(schema_name)) as running
+      `select clerk_org_id as "orgId", schema_name as schema, status, ${server} as server,
+              status = 'PROVISIONING' and ${server} is null and not pg_try_advisory_xact_lock(?, hashtext(schema_name)) as running
          from public.tenants where status in ('FAILED', 'PROVISIONING') order by id`,
       [LOCK_NAMESPACE],
     );
-    return (result.rows as Record<string, unknown>[]).map((r) => ({
-      orgId: String(r.orgId),
-      schema: String(r.schema),
-      status: r.status as Candidate['status'],
-      running: Boolean(r.running),
-    }));
+    return result.rows as Record<string, unknown>[];
   });
+  const elsewhere = new Map<string, string[]>();
+  for (const r of rows) {
+    if (r.status !== 'PROVISIONING' || r.server === null || r.server === MAIN_SERVER) continue;
+    elsewhere.set(String(r.server), [...(elsewhere.get(String(r.server)) ?? []), String(r.schema)]);
+  }
+  const running = new Set<string>();
+  for (const [name, schemas] of elsewhere) {
+    for (const schema of await heldOn(servers!.knexFor(name), schemas)) running.add(schema);
+  }
+  return rows.map((r) => ({
+    orgId: String(r.orgId),
+    schema: String(r.schema),
+    status: r.status as Candidate['status'],
+    running: Boolean(r.running) || running.has(String(r.schema)),
+  }));
+}
+
+/**
+ * Of `schemas`, those whose lock is held on that server right now; none when the server does not
+ * answer (their provisioning is then retried, and fails, with the reason).
+ */
+async function heldOn(knex: Knex, schemas: readonly string[]): Promise<string[]> {
+  try {
+    return await knex.transaction(async (trx) => {
+      const result = await trx.raw(
+        `select s as schema from unnest(?::text[]) with ordinality as u(s, n)
+          where not pg_try_advisory_xact_lock(?, hashtext(s)) order by n`,
+        [[...schemas], LOCK_NAMESPACE],
+      );
+      return (result.rows as { schema: string }[]).map((r) => r.schema);
+    });
+  } catch {
+    return [];
+  }
 }
 
 /**
@@ -88,7 +124,7 @@ export async function retryTenants(
   options: RetryOptions & { readonly poolMax: number },
 ): Promise<RetryReport> {
   const started = Date.now();
-  const candidates = await findRetryCandidates(knex);
+  const candidates = await findRetryCandidates(knex, options.servers);
   const reports: RetryTenantReport[] = new Array(candidates.length);
   const one = async (candidate: Candidate): Promise<RetryTenantReport> => {
     const t0 = Date.now();

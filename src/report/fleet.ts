@@ -16,6 +16,9 @@ import { TOOLKIT_VERSION } from '../version.ts';
 /** How many tenants an error group or a run lists by name; the rest are counted. */
 export const LISTED = 20;
 
+/** The registry's name for its own server (a row whose `server` is null). */
+const MAIN = 'main';
+
 /** The data of `migrate:report`: versions, states, error groups, recent runs. */
 export interface FleetReport {
   readonly generatedAt: string;
@@ -34,7 +37,22 @@ export interface FleetReport {
   readonly versions: readonly FleetVersion[];
   readonly errors: readonly ErrorGroup[];
   readonly runs: readonly RunWithFailures[];
+  /**
+   * Tenants per server (`main` first), when the registry places tenants on more than the main
+   * server (TENANT_SERVERS); absent otherwise.
+   */
+  readonly servers?: readonly {
+    /** `main` (the registry's own) or a TENANT_SERVERS name. */
+    readonly server: string;
+    readonly tenants: number;
+    readonly active: number;
+    /** Tenants with an error recorded (provisioning failed, or the last migration run). */
+    readonly failing: number;
+  }[];
 }
+
+/** One server's share of the fleet (`FleetReport['servers']`'s items). */
+export type FleetServer = NonNullable<FleetReport['servers']>[number];
 
 /** One version of the tenant folder and how many tenants stand at it. */
 export interface FleetVersion {
@@ -52,7 +70,8 @@ export interface ErrorGroup {
   readonly migration: string | null;
   readonly count: number;
   readonly latest: string;
-  readonly tenants: readonly { readonly orgId: string; readonly schema: string }[];
+  /** `server`: when the fleet spans several servers. */
+  readonly tenants: readonly { readonly orgId: string; readonly schema: string; readonly server?: string }[];
 }
 
 /** A recent ledger run, with the tenants it failed. */
@@ -83,6 +102,8 @@ export async function collectFleetReport(
   const rows = grouped.rows as { status: string; digest: string | null; n: number }[];
   const states = new Map<string, number>();
   for (const row of rows) states.set(row.status, (states.get(row.status) ?? 0) + row.n);
+  const servers = capabilities.servers ? await serverShares(knex) : [];
+  const spans = servers.some((s) => s.server !== MAIN);
   return {
     ...base,
     tenants: rows.reduce((sum, row) => sum + row.n, 0),
@@ -91,9 +112,21 @@ export async function collectFleetReport(
       migrations,
       rows.filter((row) => row.status === 'ACTIVE'),
     ),
-    errors: await errorGroups(knex),
+    errors: await errorGroups(knex, spans),
     runs: capabilities.ledger ? await recentRuns(knex, options.runs ?? 15) : [],
+    ...(spans ? { servers } : {}),
   };
+}
+
+/** Tenants per server, the main one first, then by name: one aggregate query. */
+async function serverShares(knex: Knex): Promise<FleetServer[]> {
+  const result = await knex.raw(
+    `select coalesce(server, '${MAIN}') as server, count(*)::int as tenants,
+            (count(*) filter (where status = 'ACTIVE'))::int as active,
+            (count(*) filter (where (status = 'FAILED' and error is not null) or last_migration_error is not null))::int as failing
+       from public.tenants group by 1 order by coalesce(server, '${MAIN}') <> '${MAIN}', 1`,
+  );
+  return result.rows as FleetServer[];
 }
 
 const STATUS_ORDER = ['ACTIVE', 'PROVISIONING', 'FAILED', 'ARCHIVED', 'DELETED'];
@@ -126,17 +159,18 @@ export function versionsOf(
     .map((version) => ({ version, count: counts.get(version) ?? 0, target: version === target }));
 }
 
-async function errorGroups(knex: Knex): Promise<ErrorGroup[]> {
+async function errorGroups(knex: Knex, withServers: boolean): Promise<ErrorGroup[]> {
+  const server = withServers ? `, 'server', coalesce(server, '${MAIN}')` : '';
   const result = await knex.raw(
     `with failing as (
        select case when status = 'FAILED' then 'provisioning' else 'migration' end as kind,
               regexp_replace(coalesce(case when status = 'FAILED' then error end, last_migration_error),
                              'tid_[0-9a-f]{10,32}', 'tid_…', 'g') as message,
-              clerk_org_id, schema_name, updated_at, id
+              clerk_org_id, schema_name, updated_at, id${withServers ? ', server' : ''}
          from public.tenants
         where (status = 'FAILED' and error is not null) or last_migration_error is not null)
      select kind, message, count(*)::int as n, max(updated_at) as latest,
-            (array_agg(json_build_object('orgId', clerk_org_id, 'schema', schema_name) order by id))[1:?] as tenants
+            (array_agg(json_build_object('orgId', clerk_org_id, 'schema', schema_name${server}) order by id))[1:?] as tenants
        from failing group by kind, message order by n desc, message limit 50`,
     [LISTED],
   );

@@ -1,4 +1,4 @@
-import type { ErrorGroup, FleetReport, FleetVersion, RunWithFailures } from './fleet.ts';
+import type { ErrorGroup, FleetReport, FleetServer, FleetVersion, RunWithFailures } from './fleet.ts';
 
 /**
  * The fleet report as one self-contained HTML page: inline CSS and SVG, no script, no font, no
@@ -82,7 +82,12 @@ const tdHtml = (html: string, cls = ''): string => `<td${cls ? ` class="${cls}"`
 function errorsSection(errors: readonly ErrorGroup[]): string {
   if (errors.length === 0) return '<p class="ok">No tenant has an error recorded.</p>';
   const rows = errors.map((g) => {
-    const listed = g.tenants.map((t) => `<li>${e(t.orgId)} <span class="dim">${e(t.schema)}</span></li>`).join('');
+    const listed = g.tenants
+      .map((t) => {
+        const where = t.server === undefined ? '' : ` on ${t.server}`;
+        return `<li>${e(t.orgId)} <span class="dim">${e(t.schema)}${e(where)}</span></li>`;
+      })
+      .join('');
     const more =
       g.count > g.tenants.length ? `<li class="dim">and ${number(g.count - g.tenants.length)} more</li>` : '';
     const who = `<details><summary>${number(g.count)} tenant${g.count === 1 ? '' : 's'}</summary><ul>${listed}${more}</ul></details>`;
@@ -96,6 +101,20 @@ function errorsSection(errors: readonly ErrorGroup[]): string {
     ];
   });
   return table(['tenants', 'kind', 'migration', 'error', 'latest recorded (UTC)', 'which'], rows, 'errors');
+}
+
+/** Tenants on several servers: each server's share; nothing for a fleet on the main server alone. */
+function serversSection(servers: readonly FleetServer[] | undefined): string {
+  if (!servers) return '';
+  const rows = servers.map((s) => [
+    td(s.server),
+    td(number(s.tenants), 'num'),
+    td(number(s.active), 'num'),
+    td(number(s.failing), 'num'),
+  ]);
+  return `<h2 id="servers">Tenants by server</h2>
+${table(['server', 'tenants', 'active', 'with an error'], rows, 'servers')}
+`;
 }
 
 function runsSection(runs: readonly RunWithFailures[]): string {
@@ -187,7 +206,7 @@ export function renderFleetHtml(report: FleetReport): string {
 <div class="side" id="versions-chart">${barChart('Active tenants by latest applied migration', versionRows(report.versions))}${versionTable}</div>
 <h2 id="states">Tenants by state</h2>
 <div class="side" id="states-chart">${stateChart}${stateTable}</div>
-<h2 id="errors">Tenants with errors</h2>
+${serversSection(report.servers)}<h2 id="errors">Tenants with errors</h2>
 ${errorsSection(report.errors)}
 <h2 id="runs">Recent runs (from the run ledger)</h2>
 ${runsSection(report.runs)}

@@ -7,6 +7,7 @@ import { fleetRun, ranLine, tenantList } from '../render-fleet.ts';
 interface RunFlags extends CommonOptions {
   readonly tenant?: string[];
   readonly label?: string[];
+  readonly server?: string[];
   readonly status?: string[];
   readonly concurrency?: number;
   readonly failFast?: boolean;
@@ -21,6 +22,7 @@ interface RunFlags extends CommonOptions {
 interface ListFlags extends CommonOptions {
   readonly status?: string[];
   readonly label?: string[];
+  readonly server?: string[];
   readonly behind?: boolean;
   readonly verify?: boolean;
 }
@@ -33,6 +35,7 @@ export function registerFleet(program: Command): void {
     .argument('<file>', 'a .sql file, or a .ts/.js/.mjs/.cjs module exporting run(knex, tenant)')
     .option('--tenant <org_id>', 'only this tenant (repeatable)', collect)
     .option('--label <name>', 'only tenants with this label (repeatable: any of them)', collect)
+    .option('--server <name>', 'only tenants on this server (repeatable; TENANT_SERVERS, main)', collect)
     .option('--status <status>', 'only tenants in this registry status (repeatable; default ACTIVE)', collect)
     .option(
       '--concurrency <n>',
@@ -72,6 +75,7 @@ export function registerFleet(program: Command): void {
     .description('list tenants: status, version, pending migrations, labels, last error, created, last migrated')
     .option('--status <status>', 'only tenants in this registry status (repeatable)', collect)
     .option('--label <name>', 'only tenants with this label (repeatable: any of them)', collect)
+    .option('--server <name>', 'only tenants on this server (repeatable; TENANT_SERVERS, main)', collect)
     .option('--behind', 'only tenants with pending tenant migrations')
     .option('--verify', "read every tenant's tracking table instead of trusting the registry's digests")
     .option('--json', 'print one JSON document')
@@ -83,6 +87,7 @@ export function registerFleet(program: Command): void {
         tk.listTenantsReport({
           ...(flags.status ? { statuses: flags.status } : {}),
           ...(flags.label ? { labels: flags.label } : {}),
+          ...(flags.server ? { servers: flags.server } : {}),
           behind: flags.behind ?? false,
           verify: flags.verify ?? false,
         }),
@@ -103,6 +108,7 @@ async function runOptions(flags: RunFlags): Promise<FleetRunOptions> {
   return {
     ...(flags.tenant ? { orgIds: flags.tenant } : {}),
     ...(flags.label ? { labels: flags.label } : {}),
+    ...(flags.server ? { servers: flags.server } : {}),
     ...(flags.status ? { statuses: flags.status } : {}),
     ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
     ...(flags.failFast ? { failFast: true } : {}),
