@@ -5,7 +5,7 @@ import type { Knex } from 'knex';
  * server its schema lives on, by the name given in `TENANT_SERVERS`; null is the registry's own
  * server (`main`), so every existing tenant stays where it is. Indexed for the placement rule's
  * count per server and for the fan-out's grouping. And the status `MOVING`: a tenant being copied
- * to another server by `tenant:move` (served read-only from its source until the switch).
+ * to another server by `tenant:move` (refused by the runtime until the switch, TenantMovingError).
  */
 const BEFORE = ['PROVISIONING', 'ACTIVE', 'FAILED', 'ARCHIVED', 'DELETED'];
 const AFTER = [...BEFORE, 'MOVING'];

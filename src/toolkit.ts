@@ -318,7 +318,11 @@ export function createToolkit(options: {
         ...o,
       }),
     retryTenants: async (o = {}) => {
-      return retryTenants(knex, (orgId) => toolkit.provisionTenant(orgId), { ...o, poolMax });
+      return retryTenants(knex, (orgId) => toolkit.provisionTenant(orgId), {
+        ...o,
+        poolMax,
+        ...(servers ? { servers } : {}),
+      });
     },
     // Each acts on the server holding the tenant's schema (read from its registry row).
     archiveTenant: async (orgId) => {

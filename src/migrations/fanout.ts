@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { messageOf, UsageError } from '../errors.ts';
+import { messageOf, ToolkitError, UsageError } from '../errors.ts';
 import { closeRun, type OpenRun, openRun, pruneLedger, type Retention, type RunIdentity } from '../ledger/ledger.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
 import { listTenants, type Tenant } from '../tenants/registry.ts';
@@ -211,6 +211,10 @@ export async function runTenants(
       const run = await migrateSchema(unitRun, tenantTarget(tenant.schema, tenant.server), {
         intent,
         tenant: { orgId: tenant.orgId, schema: tenant.schema },
+        // With servers, a tenant may be moved while the run is queued: looked at again under its lock.
+        ...(ctx.servers && ctx.capabilities.servers
+          ? { prepare: (conn: Knex | Knex.Transaction) => stillHere(ctx, tenant, conn) }
+          : {}),
         ...(hint ? { hint } : {}),
         ...(sqlLog ? { sqlLog } : {}),
       });
@@ -394,17 +398,35 @@ async function classify(
       preliminary.push(upToDate(tenant));
     } else toScan.push({ tenant, intent });
   }
-  for (const [server, group] of groupBy(toScan, (t) => serverOf(t.tenant))) {
-    try {
-      await scanGroup(ctx, plan, server, group, books, localDigest, queue, preliminary);
-    } catch (error) {
-      if (server === MAIN) throw error;
-      // A tenant server that does not answer: its tenants fail with one line; the others go on.
-      const why = (await probe(ctx.servers, server)) ?? messageOf(error);
-      const reported = new Set([...queue, ...preliminary].map((r) => ('tenant' in r ? r.tenant.schema : r.schema)));
-      for (const { tenant } of group) if (!reported.has(tenant.schema)) preliminary.push(failed(tenant, why));
-    }
+  // Each server's catalog is read on its own pool, the servers at the same time.
+  const scanned = await Promise.all(
+    [...groupBy(toScan, (t) => serverOf(t.tenant))].map(async ([server, group]) => {
+      const found = { queue: [] as Queued[], preliminary: [] as TenantReport[] };
+      try {
+        await scanGroup(ctx, plan, server, group, books, localDigest, found.queue, found.preliminary);
+      } catch (error) {
+        if (server === MAIN) throw error;
+        // A tenant server that does not answer: its tenants fail with one line; the others go on.
+        const why = (await probe(ctx.servers, server)) ?? messageOf(error);
+        const reported = new Set([
+          ...found.queue.map((q) => q.tenant.schema),
+          ...found.preliminary.map((r) => r.schema),
+        ]);
+        for (const { tenant } of group) if (!reported.has(tenant.schema)) found.preliminary.push(failed(tenant, why));
+      }
+      return found;
+    }),
+  );
+  for (const found of scanned) {
+    queue.push(...found.queue);
+    preliminary.push(...found.preliminary);
   }
+  if (scanned.length <= 1) return { queue, preliminary };
+  // Registry order, whichever server answered first (canaries and waves count in this order).
+  const order = new Map(tenants.map((t, i) => [t.schema, i]));
+  const byRegistry = (a: string, b: string): number => (order.get(a) ?? 0) - (order.get(b) ?? 0);
+  queue.sort((a, b) => byRegistry(a.tenant.schema, b.tenant.schema));
+  preliminary.sort((a, b) => byRegistry(a.schema, b.schema));
   return { queue, preliminary };
 }
 
@@ -443,6 +465,30 @@ async function scanGroup(
       } else queue.push({ tenant, intent, hint: state.applied });
     }
   }
+}
+
+/**
+ * Under the tenant's lock (taken on its server), its registry row must still say ACTIVE on that
+ * server: a `tenant:move` that finished (or started) while the run was queued would otherwise
+ * have the batch applied to a copy the registry no longer serves.
+ */
+async function stillHere(ctx: FanoutContext, tenant: Tenant, conn: Knex | Knex.Transaction): Promise<true> {
+  const server = serverOf(tenant);
+  // On the main server, read in the batch's own transaction (a statement after the lock sees what committed before it).
+  const registry = server === MAIN ? conn : ctx.knex;
+  const result = await registry.raw('select status, server from public.tenants where schema_name = ?', [tenant.schema]);
+  const row = result.rows[0] as { status: string; server: string | null } | undefined;
+  const now = row ? (row.server ?? MAIN) : undefined;
+  if (row?.status === 'ACTIVE' && now === server) return true;
+  const what = !row
+    ? 'is no longer registered'
+    : now !== server
+      ? `moved to server ${now} while the run was queued`
+      : `is ${row.status} (e.g. being moved)`;
+  throw new ToolkitError(
+    'E_TENANT_CHANGED',
+    `${tenant.orgId} (${tenant.schema}) ${what}: not migrated on ${server}; run again`,
+  );
 }
 
 /** The server a tenant lives on (`main` for a registry row without one). */

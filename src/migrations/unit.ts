@@ -204,13 +204,28 @@ export async function migrateSchema(
     }
     const hint = request.hint ?? (await readHint(run.knex, target));
     let mode = modeOf(planFor(request.intent, run.migrations, hint).steps);
-    if (mode === 'transaction') {
+    if (mode === 'transaction' && target.server === undefined) {
       const result = await run.knex.transaction((trx) => inTransaction(run, target, request, progress, trx));
       if (result === SWITCH_TO_SESSION) mode = 'session';
-      else {
-        progress.done.push(...result);
-        await run.books.settle(target);
-      }
+      else progress.done.push(...result);
+    } else if (mode === 'transaction') {
+      // On another server than the registry's: the registry side is written after the COMMIT, so
+      // the schema's lock is held at session level until then (an archive or a move waiting for
+      // it must see the registry as this batch leaves it).
+      const result = await withDedicatedConnection(run.knex, async (conn) => {
+        await lockSession(conn, target.schema);
+        try {
+          const names = await conn.transaction((trx) => inTransaction(run, target, request, progress, trx));
+          if (names !== SWITCH_TO_SESSION) {
+            progress.done.push(...names);
+            await run.books.settle(target);
+          }
+          return names;
+        } finally {
+          await unlockSession(conn, target.schema).catch(() => undefined);
+        }
+      });
+      if (result === SWITCH_TO_SESSION) mode = 'session';
     }
     if (mode === 'session') {
       await withDedicatedConnection(run.knex, (conn) => stepped(run, target, request, progress, conn));

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { type CommonOptions, withToolkit } from '../context.ts';
+import { type CommonOptions, collect, withToolkit } from '../context.ts';
 import { createOutput, show } from '../render.ts';
 import { statusRenderer, writeJson } from '../render-status.ts';
 
@@ -8,6 +8,7 @@ interface StatusFlags extends CommonOptions {
   readonly long?: boolean;
   readonly verify?: boolean;
   readonly drift?: boolean;
+  readonly server?: string[];
 }
 
 /** `migrate:status` (alias `status`): master history, where every tenant stands, the last run, drift. */
@@ -21,9 +22,14 @@ export function registerStatus(program: Command): void {
     .option('--long', 'list every pending migration of each tenant, and whole errors')
     .option('--verify', "read every tenant's tracking table instead of trusting the registry digests")
     .option('--drift', 'fingerprint every tenant schema and list those that differ from the others at their version')
+    .option('--server <name>', 'only tenants on this server (repeatable; TENANT_SERVERS, main)', collect)
     .action(async (options: StatusFlags) => {
       const report = await withToolkit(options, (tk) =>
-        tk.status({ verify: options.verify ?? false, drift: options.drift ?? false }),
+        tk.status({
+          verify: options.verify ?? false,
+          drift: options.drift ?? false,
+          ...(options.server ? { servers: options.server } : {}),
+        }),
       );
       const renderer = statusRenderer({ all: options.all ?? false, long: options.long ?? false });
       // A fleet's document is written tenant by tenant rather than built as one string.
