@@ -194,7 +194,7 @@ export {
   type LifecycleReport,
   TenantStatusError,
 } from './provisioning/lifecycle.ts';
-export type { MoveOptions, MoveReport, MoveStep, MoveStepReport } from './provisioning/move.ts';
+export type { MoveCleanup, MoveOptions, MoveReport, MoveStep, MoveStepReport } from './provisioning/move.ts';
 export type { MoveVerification } from './provisioning/move-verify.ts';
 export type { RetryOptions, RetryOutcome, RetryReport, RetryTenantReport } from './provisioning/retry.ts';
 export {

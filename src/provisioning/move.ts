@@ -75,6 +75,7 @@ export interface MoveReport {
   readonly durationMs: number;
 }
 
+/** What `tenant:move` is asked: the target server, and whether to drop the source copy after the switch. */
 export interface MoveOptions {
   /** The server to move to: `main` or a name of TENANT_SERVERS. */
   readonly to: string;
