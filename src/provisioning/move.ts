@@ -83,7 +83,7 @@ export interface MoveOptions {
   readonly dropSource?: boolean;
 }
 
-/** @internal Test seams; not reachable from the CLI or the toolkit. */
+/** Test seams of `moveTenant` (not exported from the package entry, not reachable from the CLI or the toolkit). */
 export interface MoveHooks {
   /** After the restore, before the verification (e.g. to make the copy differ). */
   readonly afterRestore?: (target: Knex, schema: string) => Promise<void>;
