@@ -75,7 +75,7 @@ export const provisionFloor: Variant = {
 /** The bench's migrations, as the tracking table names them (the floor records as many rows). */
 const MIGRATIONS = 5;
 
-async function provisionRaw(
+export async function provisionRaw(
   client: pg.Client,
   orgId: string,
   schema: string,

@@ -121,9 +121,15 @@ export async function extraServerUrls(): Promise<readonly string[]> {
 /**
  * For `describe.skipIf(await requireServersOrSkip())(…)`: false when the servers answer; true
  * (skip, printing why) when they do not on a developer machine; under CI (`CI` set) it throws,
- * so that the test file FAILS instead of skipping what CI must run.
+ * so that the test file FAILS instead of skipping what CI must run. The server pass of the suite
+ * (TEST_DATABASE_URL set) runs them; the embedded-engine pass skips them (they use no PGlite).
  */
 export async function requireServersOrSkip(): Promise<boolean> {
+  // These tests never touch the embedded engine: they run once, in the server pass of the suite.
+  if (!process.env.TEST_DATABASE_URL) {
+    console.warn('skipped in the embedded-engine pass: the multi-server tests run with TEST_DATABASE_URL');
+    return true;
+  }
   const { available, reason } = await multiServerAvailability();
   if (available) return false;
   if (process.env.CI) throw new Error(`CI needs the servers: ${missingMessage(reason)}`);
