@@ -11,7 +11,8 @@ export type TenantUnavailableReason =
   | 'moving'
   | 'inactive'
   | 'schema-missing'
-  | 'schema-invalid';
+  | 'schema-invalid'
+  | 'server-unknown';
 
 /**
  * Base of the errors `withTenant` throws before running the callback. `httpStatus` is the
@@ -41,7 +42,7 @@ export class TenantUnavailableError extends TenantAccessError {
   readonly httpStatus = 503 as const;
   readonly reason: TenantUnavailableReason;
   readonly schema: string;
-  /** The registry status when the check was made (`ACTIVE` for a missing schema). */
+  /** The registry status when the check was made (`ACTIVE` for a missing schema; the server's name for `server-unknown`). */
   readonly status: string;
 
   constructor(
@@ -136,5 +137,7 @@ function describeReason(reason: TenantUnavailableReason, status: string): string
       return 'its registry row names a schema that is not a tenant schema (tid_ + hex)';
     case 'inactive':
       return `its registry status is ${status}, not ACTIVE`;
+    case 'server-unknown':
+      return `it lives on server ${status}, whose pool this client was not given (createTenantClient's servers)`;
   }
 }

@@ -57,11 +57,7 @@ export class LazyMigrator {
   }
 
   /** Resolves once the tenant has been brought up to date (or the attempt has failed and been reported). */
-  ensure(tenant: {
-    readonly orgId: string;
-    readonly schema: string;
-    readonly lastMigrationError: string | null;
-  }): Promise<void> {
+  ensure(tenant: LazyTenant): Promise<void> {
     const known = this.#runs.get(tenant.schema);
     if (known) return known;
     // Stored before the first await, so that every concurrent caller finds this very run.
@@ -70,7 +66,7 @@ export class LazyMigrator {
     return run;
   }
 
-  async #run(tenant: { readonly orgId: string; readonly schema: string }): Promise<void> {
+  async #run(tenant: LazyTenant): Promise<void> {
     this.runs++;
     const started = this.#options.now();
     const { knex, settings } = this.#options;
@@ -96,13 +92,19 @@ export class LazyMigrator {
           },
         },
       });
-      const report = await migrateSchema({ knex, migrations, settings, books }, tenantTarget(tenant.schema), {
-        intent: UP,
-        tenant: who,
-        // Under the tenant's lock: a tenant archived (or dropped) since it was looked up is left
-        // alone; the request is then refused by the scoping statement (TenantArchivedError).
-        prepare: (conn) => stillActive(conn, tenant.schema),
-      });
+      // A tenant on another server runs there; its registry (and so `stillActive`) is on main.
+      const remote = tenant.server !== null && tenant.server !== undefined;
+      const report = await migrateSchema(
+        { knex: tenant.pool ?? knex, migrations, settings, books },
+        tenantTarget(tenant.schema, tenant.server),
+        {
+          intent: UP,
+          tenant: who,
+          // Under the tenant's lock: a tenant archived (or dropped) since it was looked up is left
+          // alone; the request is then refused by the scoping statement (TenantArchivedError).
+          prepare: (conn) => stillActive(remote ? knex : conn, tenant.schema),
+        },
+      );
       if (report.migrations.length > 0) await books.close().catch(() => undefined);
       // Never a dry-run here, so never a `would-*` outcome.
       const outcome = report.outcome as 'migrated' | 'up-to-date' | 'failed';
@@ -141,6 +143,17 @@ export class LazyMigrator {
 }
 
 /** Whether the tenant of `schema` is still ACTIVE (read under its lock, by the unit's `prepare`). */
+/** A tenant as the lazy migrator needs it: where it is, and (on another server) that server's pool. */
+interface LazyTenant {
+  readonly orgId: string;
+  readonly schema: string;
+  readonly lastMigrationError: string | null;
+  /** Its server; null or absent for the main one. */
+  readonly server?: string | null;
+  /** Its server's pool (absent: the main one). */
+  readonly pool?: Knex;
+}
+
 async function stillActive(conn: Knex | Knex.Transaction, schema: string): Promise<boolean> {
   const result = await conn.raw('select status from public.tenants where schema_name = ?', [schema]);
   return (result.rows[0] as { status?: string } | undefined)?.status === 'ACTIVE';
