@@ -347,5 +347,17 @@ describe('session-level settings left by a callback', () => {
     await unchecked.withTenant(orgIds[0]!, (trx, scope) => trx.raw('set search_path = ??', [scope.schema]));
     expect((await control.raw('select current_schema() as schema')).rows[0].schema).toMatch(/^tid_/);
     await control.raw('reset search_path');
+
+    // An onSessionLeak that throws: the settings were set back first; its error is withTenant's.
+    const throwing = createTenantClient({
+      knex: control,
+      onSessionLeak: () => {
+        throw new Error('the hook failed');
+      },
+    });
+    await expect(
+      throwing.withTenant(orgIds[0]!, (trx) => trx.raw(`select set_config('statement_timeout', '4321', false)`)),
+    ).rejects.toThrow('the hook failed');
+    expect((await control.raw(`select current_setting('statement_timeout') as timeout`)).rows[0].timeout).toBe('0');
   });
 });

@@ -212,7 +212,7 @@ describe('withTenant under load', () => {
     expect(sql).toHaveLength(4);
     expect(sql[0]).toMatch(/^begin/i);
     expect(sql[1]).toMatch(/set_config\('search_path', \$1, true\)/);
-    expect(sql[1]).toMatch(/pg_namespace/);
+    expect(sql[1]).toMatch(/to_regnamespace/);
     expect(sql[1]).toMatch(/public\.tenants/);
     expect(sql[2]).toMatch(/count/);
     expect(sql[3]).toMatch(/^commit/i);
@@ -253,6 +253,37 @@ describe('withTenant isolation', () => {
       expect(owner).toBe('org_load_03');
       const path2 = await sessionPath(knex);
       expect(path2.setting).toBe(path2.reset_val);
+    });
+  });
+
+  it('a transaction handle kept after withTenant returns fails, and never runs in the next transaction on its connection', async () => {
+    await withSingleConnection(async (knex) => {
+      const tenants = createTenantClient({ knex });
+      let kept: Knex.Transaction | undefined;
+      await tenants.withTenant('org_load_04', async (trx) => {
+        kept = trx;
+      });
+      const stale = kept!;
+      // The only connection is now in org_load_05's transaction: the stale handle must not reach it.
+      const inside = await tenants.withTenant('org_load_05', async (trx) => {
+        const write = await stale('users')
+          .insert({ email: 'stale@org_load_04' })
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+        const read = await stale.raw('select current_schema() as current').then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        return { write, read, current: (await trx.raw('select current_schema() as current')).rows[0].current };
+      });
+      expect(inside.write).toBeInstanceOf(Error);
+      expect((inside.write as Error).message).toMatch(/Transaction query already complete/);
+      expect((inside.read as Error).message).toMatch(/Transaction query already complete/);
+      expect(inside.current).toBe(schema('org_load_05'));
+      for (const orgId of ['org_load_04', 'org_load_05'])
+        expect(await knex.withSchema(schema(orgId)).table('users').where({ email: 'stale@org_load_04' })).toEqual([]);
     });
   });
 

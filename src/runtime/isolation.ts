@@ -77,16 +77,16 @@ export function warnSessionLeakOnce(event: SessionLeakEvent): void {
 }
 
 interface PooledConnection {
-  query(...args: unknown[]): unknown;
+  query(config: { text: string; values: string[] }): Promise<unknown>;
   __knex__disposed?: unknown;
 }
 
-interface KnexPool {
-  acquireConnection(): Promise<PooledConnection>;
-  releaseConnection(connection: PooledConnection): Promise<unknown>;
-}
+/** What Knex hands to a transaction's client: its text (BEGIN, COMMIT) or a compiled query. */
+type KnexQuery = string | { sql: string };
+type ClientQuery = (connection: PooledConnection, query: KnexQuery) => Promise<{ response?: unknown }>;
 
-type Callback = (error: Error | null, result?: unknown) => void;
+/** `COMMIT` and the second read of the watched settings: one simple-protocol query, one round trip. */
+const COMMIT_AND_READ = `COMMIT; ${SESSION_AFTER_SQL}`;
 
 /** Sets changed settings back to their values before the callback, at session level. */
 function restoreSql(changed: SessionLeakEvent['changed']): { text: string; values: string[] } {
@@ -104,60 +104,44 @@ function restoreSql(changed: SessionLeakEvent['changed']): { text: string; value
 }
 
 /**
- * `knex.transaction(cb)` on a connection of the pool whose COMMIT also reads the watched settings,
- * in the same round trip (`COMMIT; select …` as one simple query). `compare(after)` says which
- * changed; those are set back before the connection returns to the pool (it is discarded if that
- * fails). No COMMIT (the callback threw, the transaction rolled back: a session-level SET is
- * undone with it) means nothing to check.
+ * Makes the COMMIT of `trx` also read the watched settings, in the same round trip (`COMMIT;
+ * select …` as one simple query), and compares them with `before` (read by the scoping statement
+ * at the start of the transaction). Settings found changed are set back before Knex releases the
+ * connection to the pool (one more round trip, on that path only; if that fails, the connection
+ * is discarded), then reported to `onChanged`. No COMMIT (the callback threw, the transaction rolled
+ * back: a session-level SET is undone with it) means nothing to check.
+ *
+ * How: Knex gives every transaction a client object of its own, through which it sends the
+ * transaction's BEGIN, its queries and its COMMIT (exactly the string `COMMIT;`; compiled
+ * queries arrive as objects). That object's `query` is replaced for this transaction only: it
+ * is discarded with the transaction, so nothing outlives it, and the callback still receives
+ * Knex's own transaction. (A Proxy around the pooled connection did the same at about 10 % more
+ * client CPU per call: a function bound on every property access.)
  */
-export async function transactionCheckingSession<T>(
-  knex: Knex,
-  cb: (trx: Knex.Transaction) => Promise<T>,
-  compare: (after: string) => SessionLeakEvent['changed'],
-): Promise<T> {
-  // Knex has no public "transaction on a connection I hold"; passing `connection` to
-  // `transaction()` is its documented-in-code way (it then neither acquires nor releases it).
-  const pool = knex.client as unknown as KnexPool;
-  const connection = await pool.acquireConnection();
-  let after: string | undefined;
-  const probing = new Proxy(connection, {
-    get(target, property) {
-      if (property === 'query') {
-        return (config: unknown, ...rest: unknown[]) => {
-          const callback = rest.at(-1);
-          const text = (config as { text?: unknown } | null)?.text;
-          // Knex commits a top-level transaction with exactly this text, no bindings (simple protocol).
-          if (text !== 'COMMIT;' || typeof callback !== 'function') return target.query(config, ...rest);
-          return target.query(
-            { ...(config as object), text: `COMMIT; ${SESSION_AFTER_SQL}` },
-            (error: Error | null, results?: unknown) => {
-              if (error) return (callback as Callback)(error);
-              const [commit, probe] = results as { rows: { session_after?: string }[] }[];
-              after = probe?.rows[0]?.session_after;
-              (callback as Callback)(null, commit);
-            },
-          );
-        };
-      }
-      const value = Reflect.get(target, property, target);
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  });
-  try {
-    const result = await knex.transaction(cb, { connection: probing });
-    const changed = after === undefined ? [] : compare(after);
-    if (changed.length > 0) {
-      const { text, values } = restoreSql(changed);
-      await (connection.query({ text, values }) as Promise<unknown>).catch(() => {
+export function checkSessionAtCommit(
+  trx: Knex.Transaction,
+  before: string,
+  onChanged: (changed: SessionLeakEvent['changed']) => void,
+): void {
+  const client = trx.client as unknown as { query: ClientQuery };
+  const query = client.query;
+  client.query = function (this: unknown, connection, sent) {
+    if (sent !== 'COMMIT;') return query.call(this, connection, sent);
+    return query.call(this, connection, { sql: COMMIT_AND_READ }).then(async (result) => {
+      const [, read] = result.response as { rows: { session_after?: string }[] }[];
+      const after = read?.rows[0]?.session_after;
+      if (after === undefined || after === before) return result;
+      const changed = changedSettings(before, after);
+      await connection.query(restoreSql(changed)).catch(() => {
         // Knex's own mark for a connection it must not hand out again: the pool destroys it on
         // its next validation and opens a fresh one.
         connection.__knex__disposed = 'a withTenant callback changed session settings that could not be set back';
       });
-    }
-    return result;
-  } finally {
-    await pool.releaseConnection(connection);
-  }
+      // After the restore: a throwing `onChanged` cannot leave the settings on the connection.
+      onChanged(changed);
+      return result;
+    });
+  };
 }
 
 /** The tenant's role cannot be switched to: it is missing, or the application role is not a member of it. */
