@@ -27,11 +27,13 @@ type Mode = 'raw' | 'knex' | 'unchecked' | 'checked' | 'roles';
  * - `roles`: `withTenant` with `tenantRoles: true` (`TENANT_ROLES=on`: also `SET LOCAL ROLE`).
  * Modes are interleaved, ROUNDS times; each value is the mean ms per call of one batch.
  *
- * What the figures showed (docs/isolation.md, *Cost*): `withTenant` sends the same four round
- * trips as `knex` and spends the same client CPU within a few µs (Knex's transaction machinery is
- * most of it, and `raw` skips it); what it adds is server time, the scoping statement (the
- * registry row re-read and planned on every call, two more `set_config`s, the session's settings
- * read) and the settings read again after COMMIT.
+ * Measured (docs/isolation.md, *Cost*; medians of five runs on a shared 2-core VM, pool 10):
+ * one caller, `knex` 1.87× `raw`, `checked` 1.28× `knex` (2.41× `raw`), `roles` 1.25×; ten
+ * callers, `knex` 2.10× `raw`, `checked` 1.31× `knex` (2.76× `raw`), `roles` 1.33×. `knex` costs
+ * about twice `raw` (a Knex instance built per transaction, a Runner per query); `withTenant`
+ * sends the same four round trips as `knex`, and most of what it adds is server time that its
+ * guarantees need: the registry row re-read (and planned) on every call, and the session's
+ * settings read in the scoping statement and again after COMMIT.
  */
 export const runtime: Variant = {
   name: 'runtime',

@@ -311,13 +311,13 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     return row.session_before;
   };
 
-  /** One transaction scoped to the tenant; session settings `cb` changed are set back before the connection is reused. */
   /** On the main server, for a tenant elsewhere: its registry status, read while its transaction begins. */
   const remoteStatus = async (tenant: CachedTenant): Promise<string | null> => {
     const result = await knex.raw(REMOTE_STATUS_SQL, [tenant.schema, tenant.server!, tenant.orgId]);
     return (result.rows[0] as { status: string | null } | undefined)?.status ?? null;
   };
 
+  /** One transaction scoped to the tenant; session settings `cb` changed are set back before the connection is reused. */
   const run = <T>(tenant: CachedTenant, cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>): Promise<T> => {
     const registry = tenant.server === null ? undefined : remoteStatus(tenant);
     registry?.catch(() => undefined); // awaited in `scope`; this only keeps an early failure from going unhandled

@@ -115,8 +115,8 @@ function restoreSql(changed: SessionLeakEvent['changed']): { text: string; value
  * transaction's BEGIN, its queries and its COMMIT (exactly the string `COMMIT;`; compiled
  * queries arrive as objects). That object's `query` is replaced for this transaction only: it
  * is discarded with the transaction, so nothing outlives it, and the callback still receives
- * Knex's own transaction. (A Proxy around the pooled connection did the same at about 10 % more
- * client CPU per call: a function bound on every property access.)
+ * Knex's own transaction. (It replaces a Proxy around the pooled connection, made per call, which
+ * bound a function on every property access Knex and pg made through it.)
  */
 export function checkSessionAtCommit(
   trx: Knex.Transaction,
