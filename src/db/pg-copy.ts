@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { ConnectionTarget } from '../config/config.ts';
 import { ToolkitError } from '../errors.ts';
-import { choosePgDump, findPgDumps, type PgDumpTool, PgDumpUnavailableError } from './pg-dump.ts';
+import { choosePgDump, findPgDumps, libpqEnvironment, type PgDumpTool, PgDumpUnavailableError } from './pg-dump.ts';
 
 /**
  * The real `pg_dump --format=custom` and `pg_restore` of one schema, for `tenant:move`: the pair
@@ -153,40 +153,6 @@ async function withLibpq<T>(target: ServerTarget, cb: (env: NodeJS.ProcessEnv) =
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
-}
-
-function libpqDatabase(target: ServerTarget): string | undefined {
-  if (target.database !== undefined) return target.database;
-  if (!target.connectionString) return undefined;
-  const url = new URL(target.connectionString);
-  return url.pathname.length > 1 ? decodeURIComponent(url.pathname.slice(1)) : undefined;
-}
-
-/** `PGHOST`, `PGUSER`… from the toolkit's target: the same mapping as pg-dump.ts makes for `tenant:drop --dump`. */
-function libpqEnvironment(target: ServerTarget, scratch: string): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { PGHOST: target.host, PGPORT: String(target.port) };
-  let user = target.user;
-  let password = target.password;
-  let sslmode: string | undefined;
-  if (target.connectionString) {
-    const url = new URL(target.connectionString);
-    user ??= url.username ? decodeURIComponent(url.username) : undefined;
-    password ??= url.password ? decodeURIComponent(url.password) : undefined;
-    sslmode = url.searchParams.get('sslmode') ?? undefined;
-  }
-  const database = libpqDatabase(target);
-  if (user !== undefined) env.PGUSER = user;
-  if (password !== undefined) env.PGPASSWORD = password;
-  if (database !== undefined) env.PGDATABASE = database;
-  if (target.ssl !== false) {
-    if (target.ssl.ca !== undefined) {
-      const ca = path.join(scratch, 'root.crt');
-      writeFileSync(ca, target.ssl.ca, { mode: 0o600 });
-      env.PGSSLROOTCERT = ca;
-    } else if (target.ssl.rejectUnauthorized) env.PGSSLROOTCERT = 'system';
-    env.PGSSLMODE = target.ssl.rejectUnauthorized ? 'verify-full' : 'require';
-  } else if (sslmode !== undefined) env.PGSSLMODE = sslmode;
-  return env;
 }
 
 function isExecutable(file: string): boolean {

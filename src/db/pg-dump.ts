@@ -114,8 +114,11 @@ export function checkDumpTarget(file: string): string {
   return target;
 }
 
-/** Connection settings for libpq (`PGHOST`, …) from the toolkit's target; the CA is written to a private file. */
-function libpqEnvironment(target: ConnectionTarget & { kind: 'server' }, scratch: string): NodeJS.ProcessEnv {
+/**
+ * Connection settings for libpq (`PGHOST`, …) from the toolkit's target; the CA is written to a
+ * private file in `scratch`. Also used by `tenant:move`'s pg_dump/pg_restore (pg-copy.ts).
+ */
+export function libpqEnvironment(target: ConnectionTarget & { kind: 'server' }, scratch: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { PGHOST: target.host, PGPORT: String(target.port) };
   let user = target.user;
   let password = target.password;

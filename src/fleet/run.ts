@@ -2,7 +2,16 @@ import type { Knex } from 'knex';
 import { messageOf, RegistryMissingError, UsageError } from '../errors.ts';
 import { closeRun, openRun, pruneLedger, type Retention } from '../ledger/ledger.ts';
 import { type Capabilities, probeCapabilities } from '../migrations/books.ts';
-import { groupBy, MAIN, pacing, probe, selectTenants, serverOf, type TenantServerPools } from '../migrations/fanout.ts';
+import {
+  groupBy,
+  knexOf,
+  MAIN,
+  pacing,
+  probe,
+  selectTenants,
+  serverOf,
+  type TenantServerPools,
+} from '../migrations/fanout.ts';
 import { type Amount, type StopReason, stopMessage } from '../migrations/waves.ts';
 import type { Tenant } from '../tenants/registry.ts';
 import { loadTask, type RunTask } from './task.ts';
@@ -210,14 +219,6 @@ export async function runAcrossTenants(
   } finally {
     run?.stopHeartbeat();
   }
-}
-
-/** A tenant server's Knex; throws (a one-line UsageError) for a server this configuration does not name. */
-function knexOf(ctx: FleetRunContext, server: string): Knex {
-  if (server === MAIN) return ctx.knex;
-  if (!ctx.servers)
-    throw new UsageError(`server ${server} is not configured (TENANT_SERVERS)`, { code: 'E_UNKNOWN_SERVER' });
-  return ctx.servers.knexFor(server);
 }
 
 /** A server's pool size (its concurrency cap); 1 for a server that is not configured (its tenants fail at once). */

@@ -496,8 +496,11 @@ export function serverOf(tenant: Tenant): string {
   return tenant.server ?? MAIN;
 }
 
-/** A tenant's server's Knex; throws (UnknownServerError) for a server this configuration does not name. */
-function knexOf(ctx: FanoutContext, server: string): Knex {
+/**
+ * A tenant's server's Knex; throws (a one-line UsageError) for a server this configuration does
+ * not name. Also `tenants:run`'s (src/fleet/run.ts).
+ */
+export function knexOf(ctx: { readonly knex: Knex; readonly servers?: TenantServerPools }, server: string): Knex {
   if (server === MAIN) return ctx.knex;
   if (!ctx.servers)
     throw new UsageError(`server ${server} is not configured (TENANT_SERVERS)`, { code: 'E_UNKNOWN_SERVER' });
