@@ -16,8 +16,8 @@ import {
 } from '../src/index.ts';
 import { TRACKING_TRIGGER } from '../src/migrations/tracking.ts';
 import { adoptTenants } from '../src/tenants/adopt.ts';
-import { folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { folders, runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 /*
  * `tenants:adopt` on schemas made the way seed scripts made them: a plain Knex loop, one

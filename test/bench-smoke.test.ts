@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ROOT } from './helpers/engine.ts';
+import { ROOT } from './support/engine.ts';
 import { EXTRA_SERVER_URLS } from './support/servers.ts';
 
 /**

@@ -16,8 +16,8 @@ import {
   tenantSearchPath,
 } from '../src/index.ts';
 import { addFleetCompanions, stuckKnexLocks } from '../src/migrations/tracking.ts';
-import { folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { folders, runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 // Living beside plain Knex: changes it makes to a tenant's tracking table clear the registry
 // digest (so the fast path notices them), Knex's lock table exists on every tenant and is taken

@@ -6,14 +6,14 @@ import { loadConfig } from '../src/config/config.ts';
 import { lintMigrations } from '../src/lint/lint.ts';
 import { folderSource } from '../src/migrations/source.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
-import { type CitusDatabase, citusAnswers, createCitusDatabase } from './helpers/citus.ts';
-import { runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT } from './helpers/engine.ts';
+import { type CitusDatabase, citusAnswers, createCitusDatabase } from './support/citus.ts';
+import { runCli } from './support/cli.ts';
+import { FIXTURES, ROOT } from './support/engine.ts';
 
 /*
  * Citus schema-based sharding on a real three-node cluster (coordinator 127.0.0.1:5440, workers
  * :5441 and :5442; `/work/shared/citus/setup.sh`, which `.ci/run` runs). Each run gets a fresh
- * database on the cluster (helpers/citus.ts). Without a cluster the file skips outside CI and
+ * database on the cluster (support/citus.ts). Without a cluster the file skips outside CI and
  * fails in CI (`CI` set).
  */
 

@@ -3,8 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Database, folderSource, loadConfig, withDatabase } from '../src/index.ts';
-import { finished, folders, runCli, startCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { finished, folders, runCli, startCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 /*
  * The CLI as a user runs it, as a child process against the test engine. On PGlite only one

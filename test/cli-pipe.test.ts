@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { finished, startCli } from './helpers/cli.ts';
+import { finished, startCli } from './support/cli.ts';
 
 describe('output to a closed pipe (`tenant-migrate … | head`)', () => {
   it('is dropped quietly: no EPIPE crash, the command exits as it would have', async () => {

@@ -14,8 +14,8 @@ import {
   type ToolkitConfig,
   UsageError,
 } from '../src/index.ts';
-import { type CliResult, runCli } from './helpers/cli.ts';
-import { ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, runCli } from './support/cli.ts';
+import { ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 /*
  * Configuration: the pure `loadConfig(env, cwd)` first, then what reaches the driver, then what

@@ -13,8 +13,8 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
-import { type CliResult, folders, runCli as runChild } from './helpers/cli.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, folders, runCli as runChild } from './support/cli.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 // Deploy safety (issue 12): a dry-run executes and rolls back, canaries, the failure budget,
 // waves, labels, and the escape guard, on a real PostgreSQL (the server, or PGlite).

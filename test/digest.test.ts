@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createToolkit, digestOf, folderSource, openToolkit, schemaNameFor, type Toolkit } from '../src/index.ts';
-import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
+import { FIXTURES, startEngine, type TestEngine } from './support/engine.ts';
 
 // The registry digest lets a run skip up-to-date tenants without opening their schemas; these
 // tests pin down when it is written and that a run never trusts a digest that does not match.

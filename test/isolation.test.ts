@@ -6,8 +6,8 @@ import { sqlState } from '../src/db/pg-errors.ts';
 import { createTenantClient, openToolkit, TenantDeletedError, type Toolkit } from '../src/index.ts';
 // Not exported from src/index.ts yet (the index belongs to another change): imported from their module.
 import { type SessionLeakEvent, TenantRoleError } from '../src/runtime/isolation.ts';
-import { runCli } from './helpers/cli.ts';
-import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
+import { runCli } from './support/cli.ts';
+import { FIXTURES, startEngine, type TestEngine } from './support/engine.ts';
 
 /**
  * The README's least-privilege setup for real, and isolation the database enforces

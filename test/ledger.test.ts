@@ -16,7 +16,7 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 let engine: TestEngine;
 let tk: Toolkit;

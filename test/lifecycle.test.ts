@@ -30,9 +30,9 @@ import {
 import { TenantStatusError } from '../src/provisioning/lifecycle.ts';
 import { TenantArchivedError, TenantDeletedError } from '../src/runtime/errors.ts';
 import { advisoryLocks, session, waitFor } from './fixtures/rel-support/support.ts';
-import { runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
 import { signedWebhook, webhookSecret } from './support/clerk.ts';
+import { runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 const PLAIN = path.join(FIXTURES, 'tenant-plain');
 const REL_BASE = path.join(FIXTURES, 'rel-base');

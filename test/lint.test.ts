@@ -2,8 +2,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Database, folderSource, type Migration, openToolkit, withDatabase } from '../src/index.ts';
 import { type LintInput, type LintReport, lintMigrations } from '../src/lint/lint.ts';
-import { folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { folders, runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 /*
  * `migrate:lint` on real PostgreSQL: the migrations run in one transaction that is rolled back,

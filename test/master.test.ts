@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openToolkit, type Toolkit } from '../src/index.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 let engine: TestEngine;
 let tk: Toolkit;

@@ -12,8 +12,8 @@ import { compareSnapshots, type SchemaSnapshot } from '../src/provisioning/move-
 import { createTenantClient } from '../src/runtime/client.ts';
 import { TenantMovingError, TenantUnavailableError } from '../src/runtime/errors.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
-import { runCli } from './helpers/cli.ts';
-import { ROOT } from './helpers/engine.ts';
+import { runCli } from './support/cli.ts';
+import { ROOT } from './support/engine.ts';
 import {
   createDatabaseOn,
   createDatabases,

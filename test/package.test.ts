@@ -3,7 +3,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TOOLKIT_MASTER_MIGRATIONS } from '../src/scaffold/init.ts';
-import { ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { ROOT, startEngine, type TestEngine } from './support/engine.ts';
 import { packInto, runBin } from './support/package.ts';
 
 // The package as a user installs it (built by the test run's global setup): packed by `pnpm pack`, unpacked into a project's

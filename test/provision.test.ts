@@ -12,8 +12,8 @@ import {
   type Toolkit,
   UsageError,
 } from '../src/index.ts';
-import { type CliResult, runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 /*
  * The provisioner, in-process and through `provision:tenant`. On PGlite the CLI may only open

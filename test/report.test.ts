@@ -6,9 +6,9 @@ import { createToolkit, openToolkit, type Toolkit } from '../src/index.ts';
 import { collectFleetReport, type FleetReport } from '../src/report/fleet.ts';
 import { renderFleetHtml } from '../src/report/html.ts';
 import { deployed, deployFolder, masterFolder, orgIds, provisionAll, V1 } from './fixtures/fan-kit/kit.ts';
-import { folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
 import { findBrowser } from './support/browser.ts';
+import { folders, runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 // `migrate:report` (issue 18): one self-contained page, checked in a real browser where one is
 // installed (.ci/run installs Debian's chromium); the screenshot is kept in test-output/.

@@ -17,8 +17,8 @@ import {
   type Toolkit,
 } from '../src/index.ts';
 import { LOCK_NAMESPACE, session } from './fixtures/rel-support/support.ts';
-import { runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 const PLAIN = path.join(FIXTURES, 'tenant-plain');
 const FAILING = path.join(FIXTURES, 'prov-failing');

@@ -9,7 +9,7 @@ import { createTenantClient, type TenantClient } from '../src/runtime/client.ts'
 import { TenantArchivedError, TenantUnavailableError } from '../src/runtime/errors.ts';
 import { schemaNameFor } from '../src/tenants/naming.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
-import { ROOT } from './helpers/engine.ts';
+import { ROOT } from './support/engine.ts';
 import { createDatabases, requireServersOrSkip, type ServerDatabases } from './support/servers.ts';
 
 /*

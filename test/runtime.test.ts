@@ -21,8 +21,8 @@ import {
   TenantUnavailableError,
   type Toolkit,
 } from '../src/index.ts';
-import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
 import { signedWebhook, webhookSecret } from './support/clerk.ts';
+import { FIXTURES, startEngine, type TestEngine } from './support/engine.ts';
 
 const PLAIN = path.join(FIXTURES, 'tenant-plain');
 /** 50 tenants, served over a pool of 4 connections (1 on PGlite). */

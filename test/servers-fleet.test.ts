@@ -9,8 +9,8 @@ import { collectFleetReport } from '../src/report/fleet.ts';
 import { renderFleetHtml } from '../src/report/html.ts';
 import { schemaNameFor } from '../src/tenants/naming.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
-import { runCli } from './helpers/cli.ts';
-import { ROOT } from './helpers/engine.ts';
+import { runCli } from './support/cli.ts';
+import { ROOT } from './support/engine.ts';
 import { createDatabases, requireServersOrSkip, type ServerDatabases } from './support/servers.ts';
 
 /*

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/config.ts';
 import { knexConfigFor } from '../src/db/connection.ts';
 import { Servers } from '../src/db/servers.ts';
-import { ROOT } from './helpers/engine.ts';
+import { ROOT } from './support/engine.ts';
 import {
   createDatabases,
   EXTRA_SERVER_URLS,

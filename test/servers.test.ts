@@ -5,8 +5,8 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/config.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
-import { runCli } from './helpers/cli.ts';
-import { ROOT } from './helpers/engine.ts';
+import { runCli } from './support/cli.ts';
+import { ROOT } from './support/engine.ts';
 import {
   createDatabaseOn,
   createDatabases,

@@ -15,8 +15,8 @@ import {
   tenantSearchPath,
 } from '../src/index.ts';
 import { checksumOf } from '../src/migrations/source.ts';
-import { folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, ROOT, startEngine, type TestEngine } from './helpers/engine.ts';
+import { folders, runCli } from './support/cli.ts';
+import { FIXTURES, ROOT, startEngine, type TestEngine } from './support/engine.ts';
 
 /*
  * Migration files as Knex users have them: CommonJS (also inside this "type": "module"

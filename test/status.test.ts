@@ -7,8 +7,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openToolkit, type Toolkit } from '../src/index.ts';
 import { deployFolder, masterFolder, orgIds, provisionAll, resetTenants, V1 } from './fixtures/fan-kit/kit.ts';
-import { type CliResult, folders, runCli } from './helpers/cli.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, folders, runCli } from './support/cli.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 const V2 = [...V1, '003_path_probe.ts', '004_member_email.ts'];
 const MASTER = masterFolder();

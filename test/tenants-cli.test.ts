@@ -17,8 +17,8 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
-import { type CliResult, folders, runCli } from './helpers/cli.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, folders, runCli } from './support/cli.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 const V2 = [...V1, '003_path_probe.ts', '004_member_email.ts'];
 const NEW_IN_V2 = ['003_path_probe.ts', '004_member_email.ts'];

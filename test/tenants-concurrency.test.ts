@@ -28,8 +28,8 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
-import { type CliResult, finished, folders, runCli, startCli } from './helpers/cli.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, finished, folders, runCli, startCli } from './support/cli.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 const SLOW = [...V1, '008_slow_insert.ts'];
 const MASTER = masterFolder();

@@ -9,8 +9,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openToolkit, type Toolkit } from '../src/index.ts';
 import { masterFolder } from './fixtures/fan-kit/kit.ts';
-import { type CliResult, folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, folders, runCli } from './support/cli.ts';
+import { FIXTURES, startEngine, type TestEngine } from './support/engine.ts';
 
 const MIGRATIONS = path.join(FIXTURES, 'fleet-run', 'migrations');
 const MASTER = masterFolder();

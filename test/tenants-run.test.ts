@@ -13,8 +13,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LOCK_NAMESPACE } from '../src/db/locks.ts';
 import { openToolkit, type Toolkit } from '../src/index.ts';
 import { masterFolder, resetTenants } from './fixtures/fan-kit/kit.ts';
-import { type CliResult, folders, runCli } from './helpers/cli.ts';
-import { FIXTURES, startEngine, type TestEngine } from './helpers/engine.ts';
+import { type CliResult, folders, runCli } from './support/cli.ts';
+import { FIXTURES, startEngine, type TestEngine } from './support/engine.ts';
 
 const HERE = path.join(FIXTURES, 'fleet-run');
 const FILES = path.join(HERE, 'files');

@@ -29,7 +29,7 @@ import {
   tracking,
   V1,
 } from './fixtures/fan-kit/kit.ts';
-import { startEngine, type TestEngine } from './helpers/engine.ts';
+import { startEngine, type TestEngine } from './support/engine.ts';
 
 const V2 = [...V1, '003_path_probe.ts', '004_member_email.ts'];
 const NEW_IN_V2 = ['003_path_probe.ts', '004_member_email.ts'];

@@ -18,8 +18,8 @@ import {
   versionOf,
   withTk,
 } from '../fixtures/rel-support/support.ts';
-import { runCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { runCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 const GHOST_SCHEMA = 'tid_0123456789';
 let engine: TestEngine;

@@ -26,8 +26,8 @@ import {
   watch,
   withTk,
 } from '../fixtures/rel-support/support.ts';
-import { type CliResult, startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { type CliResult, startCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 const ORGS = orgIds('org_race', 10);
 const NEW_ORG = 'org_race_new';

@@ -35,8 +35,8 @@ import {
   watch,
   withTkAt,
 } from '../fixtures/rel-support/support.ts';
-import { folders, runCli, startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { folders, runCli, startCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 const TERMINATED = orgIds('org_term', 5);
 const BLOCKED = orgIds('org_block', 3);

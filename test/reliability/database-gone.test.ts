@@ -37,8 +37,8 @@ import {
   watch,
   withTkAt,
 } from '../fixtures/rel-support/support.ts';
-import { type CliResult, runCli, startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { type CliResult, runCli, startCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 const STORM = orgIds('org_storm', 8);
 const FANOUT = orgIds('org_cutfan', 3);

@@ -22,8 +22,8 @@ import {
   watch,
   withTk,
 } from '../fixtures/rel-support/support.ts';
-import { startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { startCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 const ORGS = orgIds('org_kill', 30);
 let engine: TestEngine;

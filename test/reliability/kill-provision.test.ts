@@ -24,8 +24,8 @@ import {
   watch,
   withTk,
 } from '../fixtures/rel-support/support.ts';
-import { runCli, startCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { runCli, startCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 let engine: TestEngine;
 

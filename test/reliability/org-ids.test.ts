@@ -15,8 +15,8 @@ import {
   snapshot,
   withTk,
 } from '../fixtures/rel-support/support.ts';
-import { runCli } from '../helpers/cli.ts';
-import { startEngine, type TestEngine } from '../helpers/engine.ts';
+import { runCli } from '../support/cli.ts';
+import { startEngine, type TestEngine } from '../support/engine.ts';
 
 let engine: TestEngine;
 

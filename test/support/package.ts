@@ -1,8 +1,8 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { type CliResult, finished } from '../helpers/cli.ts';
-import { ROOT } from '../helpers/engine.ts';
+import { type CliResult, finished } from './cli.ts';
+import { ROOT } from './engine.ts';
 
 /** Newest modification time under a folder. */
 function newest(dir: string): number {
