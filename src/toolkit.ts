@@ -44,7 +44,7 @@ import { type MoveOptions, type MoveReport, moveTenant } from './provisioning/mo
 import { type ProvisionReport, provision, provisionMemo } from './provisioning/provisioner.ts';
 import { type RetryOptions, type RetryReport, retryTenants } from './provisioning/retry.ts';
 import { validateOrgId } from './tenants/naming.ts';
-import { changeLabels, validateLabel } from './tenants/registry.ts';
+import { changeLabels, serversColumnMissing, validateLabel } from './tenants/registry.ts';
 
 export type { RollbackOptions, TenantRunOptions };
 
@@ -202,7 +202,7 @@ export function createToolkit(options: {
     const capabilities = await probeCapabilities(knex);
     if (!capabilities.registry) throw new RegistryMissingError();
     const recorded = await verifyChecksums(knex, 'tenant', migrations);
-    if (servers && !capabilities.servers) throw serversMigrationMissing();
+    if (servers && !capabilities.servers) throw serversColumnMissing();
     const context = {
       knex,
       migrations,
@@ -367,13 +367,6 @@ export function createToolkit(options: {
     },
   };
   return toolkit;
-}
-
-function serversMigrationMissing(): UsageError {
-  return new UsageError(
-    'TENANT_SERVERS is set but this registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
-    { code: 'E_NO_SERVERS_COLUMN' },
-  );
 }
 
 /** Citus mode: each tenant's row names its node (`host:port`; null when its schema is not distributed). */

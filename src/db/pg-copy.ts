@@ -1,10 +1,17 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ConnectionTarget } from '../config/config.ts';
 import { ToolkitError } from '../errors.ts';
-import { choosePgDump, findPgDumps, libpqEnvironment, type PgDumpTool, PgDumpUnavailableError } from './pg-dump.ts';
+import {
+  choosePgDump,
+  findPgDumps,
+  isExecutable,
+  libpqEnvironment,
+  type PgDumpTool,
+  PgDumpUnavailableError,
+} from './pg-dump.ts';
 
 /**
  * The real `pg_dump --format=custom` and `pg_restore` of one schema, for `tenant:move`: the pair
@@ -152,14 +159,5 @@ async function withLibpq<T>(target: ServerTarget, cb: (env: NodeJS.ProcessEnv) =
     return await cb({ ...process.env, ...libpqEnvironment(target, scratch), PGAPPNAME: COPY_APPLICATION_NAME });
   } finally {
     rmSync(scratch, { recursive: true, force: true });
-  }
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    accessSync(file, constants.X_OK);
-    return statSync(file).isFile();
-  } catch {
-    return false;
   }
 }

@@ -187,7 +187,8 @@ export async function dumpSchema(options: {
   }
 }
 
-function isExecutable(file: string): boolean {
+/** A regular file this process may execute. */
+export function isExecutable(file: string): boolean {
   try {
     accessSync(file, constants.X_OK);
     return statSync(file).isFile();

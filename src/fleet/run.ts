@@ -13,7 +13,7 @@ import {
   type TenantServerPools,
 } from '../migrations/fanout.ts';
 import { type Amount, type StopReason, stopMessage } from '../migrations/waves.ts';
-import type { Tenant } from '../tenants/registry.ts';
+import { serversColumnMissing, type Tenant } from '../tenants/registry.ts';
 import { loadTask, type RunTask } from './task.ts';
 import {
   type FleetRunSettings,
@@ -116,12 +116,7 @@ export async function runAcrossTenants(
   const task = await loadTask(file);
   const capabilities = await probeCapabilities(ctx.knex);
   if (!capabilities.registry) throw new RegistryMissingError();
-  if (ctx.servers && !capabilities.servers) {
-    throw new UsageError(
-      'TENANT_SERVERS is set but this registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
-      { code: 'E_NO_SERVERS_COLUMN' },
-    );
-  }
+  if (ctx.servers && !capabilities.servers) throw serversColumnMissing();
   const tenants = await selectTenants({ knex: ctx.knex, capabilities }, options);
   const statuses = new Set(settings.statuses);
   const queue = tenants.filter((t) => statuses.has(t.status));

@@ -5,7 +5,7 @@ import { type Servers, UnknownServerError } from '../db/servers.ts';
 import { RegistryMissingError, UsageError } from '../errors.ts';
 import { probeCapabilities } from '../migrations/books.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
-import { findTenantByOrgId, type Tenant } from '../tenants/registry.ts';
+import { findTenantByOrgId, serversColumnMissing, type Tenant } from '../tenants/registry.ts';
 import { dropTenantRole, tenantRoleName } from '../tenants/roles.ts';
 
 /**
@@ -42,12 +42,7 @@ export async function dropTenantSource(
   if (!servers.has(options.server)) throw new UnknownServerError(options.server, servers.names);
   const capabilities = await probeCapabilities(ctx.knex);
   if (!capabilities.registry) throw new RegistryMissingError();
-  if (!capabilities.servers) {
-    throw new UsageError(
-      'This registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
-      { code: 'E_NO_SERVERS_COLUMN' },
-    );
-  }
+  if (!capabilities.servers) throw serversColumnMissing();
   const registered = await current(ctx.knex, orgId, options.server);
   if (!isTenantSchemaName(registered.schema)) {
     throw new UsageError(`${orgId}'s registry row names schema ${registered.schema}, not a tenant schema`, {

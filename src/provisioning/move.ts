@@ -12,7 +12,7 @@ import { RegistryMissingError, UsageError } from '../errors.ts';
 import { probeCapabilities } from '../migrations/books.ts';
 import { TRACKING_TRIGGER } from '../migrations/tracking.ts';
 import { isTenantSchemaName, validateOrgId } from '../tenants/naming.ts';
-import { findTenantByOrgId, type Tenant } from '../tenants/registry.ts';
+import { findTenantByOrgId, serversColumnMissing, type Tenant } from '../tenants/registry.ts';
 import {
   addTrackingTrigger,
   cleanUp,
@@ -117,12 +117,7 @@ async function planMove(ctx: MoveContext, orgId: string, to: string): Promise<Mo
   }
   const capabilities = await probeCapabilities(ctx.knex);
   if (!capabilities.registry) throw new RegistryMissingError();
-  if (!capabilities.servers) {
-    throw new UsageError(
-      'This registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
-      { code: 'E_NO_SERVERS_COLUMN' },
-    );
-  }
+  if (!capabilities.servers) throw serversColumnMissing();
   if (!ctx.servers.has(to)) throw new UnknownServerError(to, ctx.servers.names);
   const tenant = await registeredTenant(ctx, orgId, to);
   const from = tenant.server ?? MAIN_SERVER;

@@ -20,6 +20,7 @@ import {
   findTenantBySchema,
   markTenantFailed,
   registerTenant,
+  serversColumnMissing,
   setTenantStatus,
   type Tenant,
   tenantsPerServer,
@@ -312,10 +313,7 @@ async function placement(
       });
     return undefined;
   }
-  if (!registryKnowsServers)
-    throw new UsageError(
-      'This registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
-    );
+  if (!registryKnowsServers) throw serversColumnMissing();
   if (options.server !== undefined) {
     if (!servers.has(options.server)) throw new UnknownServerError(options.server, servers.names);
     return options.server === MAIN_SERVER ? null : options.server;

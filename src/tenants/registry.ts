@@ -79,6 +79,14 @@ export async function findTenantByOrgId(
   return row ? toTenant(row) : undefined;
 }
 
+/** TENANT_SERVERS is set but `public.tenants` has no `server` column yet (one message for every command). */
+export function serversColumnMissing(): UsageError {
+  return new UsageError(
+    'TENANT_SERVERS is set but this registry does not record servers yet: run `pnpm migrate:master` first (master migration 20261203000001_tenant_servers)',
+    { code: 'E_NO_SERVERS_COLUMN' },
+  );
+}
+
 /** Tenants per server (null: the registry's own), not counting DELETED ones: for the placement rule. */
 export async function tenantsPerServer(knex: Knex | Knex.Transaction): Promise<Map<string | null, number>> {
   const result = await knex.raw(
