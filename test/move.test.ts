@@ -18,6 +18,8 @@ import {
   createDatabaseOn,
   createDatabases,
   MAIN_SERVER_URL,
+  migrationFolder,
+  queryOn as query,
   requireServersOrSkip,
   type ServerDatabases,
 } from './support/servers.ts';
@@ -45,22 +47,6 @@ const TAGS = `export async function up(knex) {
 }
 export async function down(knex) { await knex.schema.dropTable('tags'); }
 `;
-
-function folder(files: Record<string, string>): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'move-'));
-  for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text);
-  return dir;
-}
-
-async function query<T>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query(sql, values)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 async function schemaExists(url: string, schema: string): Promise<boolean> {
   const [row] = await query<{ present: boolean }>(url, 'select to_regnamespace($1) is not null as present', [schema]);
@@ -154,7 +140,7 @@ describe.skipIf(skip)('tenant:move on real servers', () => {
 
   beforeAll(async () => {
     dbs = await createDatabases('move');
-    tenantDir = folder({ '001_items.js': ITEMS, '002_notes.js': NOTES });
+    tenantDir = migrationFolder({ '001_items.js': ITEMS, '002_notes.js': NOTES });
     env = { ...dbs.env(), MASTER_MIGRATIONS_DIR: MASTER, TENANT_MIGRATIONS_DIR: tenantDir, TENANT_EXTENSIONS: '' };
     config = loadConfig(env, ROOT);
     tk = await openToolkit(config);

@@ -11,7 +11,13 @@ import { schemaNameFor } from '../src/tenants/naming.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
 import { runCli } from './support/cli.ts';
 import { ROOT } from './support/engine.ts';
-import { createDatabases, requireServersOrSkip, type ServerDatabases } from './support/servers.ts';
+import {
+  createDatabases,
+  migrationFolder,
+  queryOn as query,
+  requireServersOrSkip,
+  type ServerDatabases,
+} from './support/servers.ts';
 
 /*
  * The fleet commands on tenants spread over three real servers (127.0.0.1:5432 holds the
@@ -45,26 +51,6 @@ const ORGS = {
 } as const;
 const PORTS: Record<string, number> = { main: 5432, eu1: 5433, eu2: 5434 };
 
-function folder(files: Record<string, string>): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'servers-fleet-'));
-  for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text);
-  return dir;
-}
-
-async function withClient<T>(url: string, cb: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await cb(client);
-  } finally {
-    await client.end();
-  }
-}
-
-async function query<T>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
-  return withClient(url, async (client) => (await client.query(sql, values)).rows as T[]);
-}
-
 async function schemaOn(url: string, schema: string): Promise<boolean> {
   const [row] = await query<{ present: boolean }>(
     url,
@@ -95,7 +81,7 @@ describe.skipIf(skip)('fleet commands on tenants on several servers', () => {
 
   beforeAll(async () => {
     dbs = await createDatabases('srvfleet');
-    tenantDir = folder({ '001_items.js': ITEMS });
+    tenantDir = migrationFolder({ '001_items.js': ITEMS });
     env = {
       ...dbs.env(),
       MASTER_MIGRATIONS_DIR: MASTER,

@@ -1,5 +1,4 @@
 import knexFactory from 'knex';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/config.ts';
 import { knexConfigFor } from '../src/db/connection.ts';
@@ -9,6 +8,7 @@ import {
   createDatabases,
   EXTRA_SERVER_URLS,
   MAIN_SERVER_URL,
+  queryOn as query,
   requireServersOrSkip,
   type ServerDatabases,
 } from './support/servers.ts';
@@ -19,16 +19,6 @@ import {
  */
 
 const skip = await requireServersOrSkip();
-
-async function query<T>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query(sql, values)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
 
 describe.skipIf(skip)('multi-server test support', () => {
   let dbs: ServerDatabases;

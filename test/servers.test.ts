@@ -1,7 +1,5 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/config.ts';
 import { openToolkit, type Toolkit } from '../src/toolkit.ts';
@@ -10,6 +8,8 @@ import { ROOT } from './support/engine.ts';
 import {
   createDatabaseOn,
   createDatabases,
+  migrationFolder,
+  queryOn as query,
   requireServersOrSkip,
   type ServerDatabases,
   STOPPABLE_SERVER_URL,
@@ -48,22 +48,6 @@ const SHARED_KV = `export async function up(knex) {
 export async function down(knex) { await knex.raw('drop table public.shared_kv'); }
 `;
 
-function folder(files: Record<string, string>): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'servers-'));
-  for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text);
-  return dir;
-}
-
-async function query<T>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query(sql, values)).rows as T[];
-  } finally {
-    await client.end();
-  }
-}
-
 async function schemasOn(url: string): Promise<string[]> {
   const rows = await query<{ nspname: string }>(
     url,
@@ -98,8 +82,8 @@ describe.skipIf(skip)('tenants on several servers', () => {
 
   beforeAll(async () => {
     dbs = await createDatabases('servers');
-    tenantDir = folder({ '001_items.js': ITEMS });
-    sharedDir = folder({ '001_shared_kv.js': SHARED_KV });
+    tenantDir = migrationFolder({ '001_items.js': ITEMS });
+    sharedDir = migrationFolder({ '001_shared_kv.js': SHARED_KV });
     env = {
       ...dbs.env(),
       MASTER_MIGRATIONS_DIR: MASTER,
@@ -239,7 +223,7 @@ describe.skipIf(skip)('tenants on several servers', () => {
   it('a server stopped mid-run fails its tenants with one line; the others migrate; a rerun completes', async () => {
     const down = await createDatabaseOn(STOPPABLE_SERVER_URL, `${dbs.name}_down`);
     const stopEnv = { ...env, TENANT_SERVERS: `eu1=${dbs.extra[0]},eu3=${down.url}` };
-    const dir = folder({ '001_items.js': ITEMS });
+    const dir = migrationFolder({ '001_items.js': ITEMS });
     const open = () => openToolkit(loadConfig({ ...stopEnv, TENANT_MIGRATIONS_DIR: dir }, ROOT));
     let stk = await open();
     try {

@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pg from 'pg';
 
 /*
@@ -193,7 +195,8 @@ export async function createDatabases(prefix: string): Promise<ServerDatabases> 
   };
 }
 
-async function withAdmin<T>(url: string, cb: (client: pg.Client) => Promise<T>): Promise<T> {
+/** Runs `cb` on a fresh connection to `url`, closed again afterwards. */
+export async function withAdmin<T>(url: string, cb: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
@@ -212,4 +215,16 @@ function databaseUrl(adminUrl: string, database: string): string {
 function hostPort(url: string): string {
   const parsed = new URL(url);
   return `${parsed.hostname}:${parsed.port || '5432'}`;
+}
+
+/** One query on a fresh connection to `url` (closed again): the rows. */
+export async function queryOn<T>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
+  return withAdmin(url, async (client) => (await client.query(sql, values)).rows as T[]);
+}
+
+/** A temporary migration folder holding these files (name → text). */
+export function migrationFolder(files: Record<string, string>, prefix = 'servers-'): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text);
+  return dir;
 }
