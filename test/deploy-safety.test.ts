@@ -313,6 +313,25 @@ describe('the escape guard', () => {
     expect(moved.tenants[0]!.escapes).toEqual([{ kind: 'search_path', name: 'public' }]);
   });
 
+  it('refuses a function, a type and a schema created outside, found in the catalogs, with nothing left', async () => {
+    const ids = orgIds('esccat', 2);
+    await provisionAll(tk, ids);
+    const report = await deployed(tk, [...V1, '017_catalog_escapes.ts']).migrateTenants();
+    expect(report.totals).toMatchObject({ failed: 2, migrated: 0 });
+    for (const tenant of report.tenants)
+      expect(tenant.escapes).toEqual([
+        { kind: 'function', name: 'escaped_fn()' },
+        { kind: 'schema', name: 'escaped_side' },
+        { kind: 'type', name: 'escaped_mood' },
+      ]);
+    const left = await tk.knex.raw(
+      `select (select count(*) from pg_proc where proname = 'escaped_fn')::int as functions,
+              (select count(*) from pg_type where typname = 'escaped_mood')::int as types,
+              (select count(*) from pg_namespace where nspname = 'escaped_side')::int as schemas`,
+    );
+    expect(left.rows[0]).toEqual({ functions: 0, types: 0, schemas: 0 });
+  });
+
   it('lets a migration that declares allowOutsideSchema through, and the report names it', async () => {
     const [id] = orgIds('escallow', 1);
     await provisionAll(tk, [id!]);
