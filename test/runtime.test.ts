@@ -16,6 +16,7 @@ import {
   openToolkit,
   RegistryMissingError,
   TenantAccessError,
+  TenantArchivedError,
   type TenantClient,
   TenantNotFoundError,
   TenantUnavailableError,
@@ -193,31 +194,69 @@ describe('withTenant under load', () => {
     expect(after.setting).toBe(after.reset_val);
   });
 
-  it('uses BEGIN, one scoping statement, the callback and COMMIT on a cache hit', async () => {
+  it('sends BEGIN with the scoping in one round trip, then the callback and COMMIT, on a cache hit', async () => {
     const tenants = createTenantClient({ knex: tk.knex });
     const orgId = 'org_load_07';
     await tenants.withTenant(orgId, async () => undefined); // fills the cache
-    const sql: string[] = [];
-    const listen = (query: { sql: string }): void => void sql.push(query.sql);
-    tk.knex.on('query', listen);
-    try {
+    const sql = await statementsOf(tk.knex, async () => {
       const count = await tenants.withTenant(
         orgId,
         async (trx) => (await trx('users').count<{ count: string }[]>('* as count'))[0]!.count,
       );
       expect(Number(count)).toBeGreaterThan(0);
+    });
+    expect(sql).toHaveLength(3);
+    expect(sql[0]).toMatch(
+      /^BEGIN;\nselect concat_ws\(.*\) as session_before;\nSET LOCAL search_path TO "tid_[0-9a-f]+", public;/,
+    );
+    expect(sql[0]).toMatch(/public\.tenants t on t\.schema_name = here\.schema$/);
+    // No bound values at all: only our derived schema name, quoted as an identifier.
+    expect(sql[0]).not.toMatch(/\$\d|\?/);
+    expect(sql[1]).toMatch(/count/);
+    expect(sql[2]).toMatch(/^commit/i);
+  });
+
+  it("with a Knex whose transaction cannot carry the scoping, scopes after Knex's own BEGIN", async () => {
+    // What a Knex that started its transactions differently would look like: a plain promise.
+    const plain = new Proxy(tk.knex, {
+      get(target, property, receiver) {
+        if (property !== 'transaction') return Reflect.get(target, property, receiver);
+        return (cb: (trx: Knex.Transaction) => Promise<unknown>) => target.transaction(cb).then((value) => value);
+      },
+    });
+    const tenants = createTenantClient({ knex: plain });
+    const orgId = 'org_load_08';
+    await tenants.withTenant(orgId, async () => undefined);
+    const sql = await statementsOf(tk.knex, async () => {
+      const schema = await tenants.withTenant(
+        orgId,
+        async (trx) => (await trx.raw('select current_schema() as s')).rows[0].s,
+      );
+      expect(schema).toMatch(/^tid_[0-9a-f]+$/);
+    });
+    expect(sql.map((q) => q.split(/[;\s]/)[0]!.toUpperCase())).toEqual(['BEGIN', 'SELECT', 'SELECT', 'COMMIT']);
+    expect(sql[1]).toMatch(/^select concat_ws/);
+    await tk.knex('tenants').withSchema('public').where({ clerk_org_id: orgId }).update({ status: 'ARCHIVED' });
+    try {
+      await expect(tenants.withTenant(orgId, async () => 'served')).rejects.toBeInstanceOf(TenantArchivedError);
     } finally {
-      tk.knex.off('query', listen);
+      await tk.knex('tenants').withSchema('public').where({ clerk_org_id: orgId }).update({ status: 'ACTIVE' });
     }
-    expect(sql).toHaveLength(4);
-    expect(sql[0]).toMatch(/^begin/i);
-    expect(sql[1]).toMatch(/set_config\('search_path', \$1, true\)/);
-    expect(sql[1]).toMatch(/to_regnamespace/);
-    expect(sql[1]).toMatch(/public\.tenants/);
-    expect(sql[2]).toMatch(/count/);
-    expect(sql[3]).toMatch(/^commit/i);
   });
 });
+
+/** The statements Knex sends while `fn` runs. */
+async function statementsOf(knex: Knex, fn: () => Promise<void>): Promise<string[]> {
+  const sql: string[] = [];
+  const listen = (query: { sql: string }): void => void sql.push(query.sql);
+  knex.on('query', listen);
+  try {
+    await fn();
+  } finally {
+    knex.off('query', listen);
+  }
+  return sql;
+}
 
 describe('withTenant isolation', () => {
   it('rolls back a callback that throws, rethrows its error and leaves the connection clean for the next tenant', async () => {

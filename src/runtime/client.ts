@@ -105,75 +105,82 @@ interface CachedTenant extends TenantScope {
   readonly pool: Knex;
   /** What the callback is told, built once per lookup (frozen: every call shares it). */
   readonly scope: TenantScope;
-  /** The scoping statement's bindings, built once per lookup (Knex reads them, never writes them). */
-  readonly bindings: readonly string[];
+  /** BEGIN and the scoping statements (`scopeSql`), built once per lookup. */
+  readonly scoping: string;
 }
 
 const DEFAULT_CACHE_MAX = 1000;
 const DEFAULT_CACHE_TTL_MS = 60_000;
 
 /**
- * One statement scopes the transaction and proves the scope is safe: it re-reads the registry
- * row of this org (it selects from it: no row, nothing is set and the caller looks again), whose
- * status counts only if the row still names this schema, so that a cached entry never sends an
- * org to a schema that is no longer registered to it (the status is then null); it sets the
- * search_path for this transaction only (a bound value, so it cannot outlive COMMIT/ROLLBACK);
- * and it checks the schema exists (PostgreSQL silently skips a missing schema on the path and
- * would resolve the callback's tables in public).
- *
- * It is parsed and planned on every call (an unnamed statement, as Knex sends it), so its shape
- * is chosen for server time, measured per call: `to_regnamespace()` is a catalog cache lookup
- * where `exists (select … from pg_namespace …)` was a subquery to plan (about 40 µs less), and
- * the registry row is the statement's own FROM, filtered on the org id's unique index alone,
- * where a scalar subquery on org id and schema cost about 15 µs more.
+ * BEGIN and the scoping of a tenant's transaction, as one simple-protocol query: one round trip
+ * where Knex would send BEGIN alone and then a scoping statement. Its statements, in order:
+ * 1. `BEGIN`;
+ * 2. with the session check, the session's watched settings before anything changes them;
+ * 3. `SET LOCAL search_path` to the tenant's schema, then `public`, for this transaction only;
+ * 4. the registry row of the schema now first on the path (`current_schema()`: the tenant's
+ *    schema, or `public` when it does not exist, since PostgreSQL skips a missing schema on the
+ *    path), so that a cached entry never sends an org to a schema that is gone, no longer
+ *    registered to it, or no longer ACTIVE (an archive is refused at once, whatever the cache's
+ *    TTL); for a tenant on another server only the schema, its status being read on the main
+ *    server at the same time (`REMOTE_STATUS_SQL`);
+ * 5. with tenant roles, `SET LOCAL ROLE` to the tenant's role: after the registry read, which
+ *    that role cannot make.
+ * A simple query carries no bound values, so this one holds none: only the tenant's schema and
+ * role names, which we derive (tid_ + hex, checked at lookup) and quote as identifiers.
  */
-const SCOPE_COLUMNS = `set_config('search_path', ?, true) as search_path,
-       to_regnamespace(?) is not null as schema_exists,
-       case when schema_name = ? then status end as status`;
-const SCOPE_FROM = 'from public.tenants where clerk_org_id = ?';
-
-/**
- * The scoping statement for a client's options; its bindings are `scopeBindings`'. With tenant
- * roles it also switches to the tenant's role for this transaction (`set_config('role', …,
- * true)` is `SET LOCAL ROLE`). Privileges are checked when a statement starts, before any of
- * its columns is computed, so this statement may still read the registry, which the tenant's
- * role cannot. With the session check, its first column reads the session's settings before
- * the columns after it change them (see isolation.ts).
- */
-function scopeSql(tenantRoles: boolean, checkSession: boolean): string {
-  const before = checkSession ? `${SESSION_BEFORE_COLUMN},\n       ` : '';
-  const role = tenantRoles ? `,\n       set_config('role', ?, true) as role` : '';
-  return `select ${before}${SCOPE_COLUMNS}${role}\n  ${SCOPE_FROM}`;
+function scopeSql(schema: string, options: { registry: boolean; tenantRoles: boolean; checkSession: boolean }): string {
+  const statements = ['BEGIN'];
+  if (options.checkSession) statements.push(`select ${SESSION_BEFORE_COLUMN}`);
+  statements.push(`SET LOCAL search_path TO ${tenantSearchPath(schema)}`);
+  statements.push(
+    options.registry
+      ? `select here.schema as scoped, t.clerk_org_id as org_id, t.status
+  from (select current_schema() as schema) here left join public.tenants t on t.schema_name = here.schema`
+      : 'select current_schema() as scoped',
+  );
+  if (options.tenantRoles) statements.push(`SET LOCAL ROLE ${quoteIdent(tenantRoleName(schema))}`);
+  return statements.join(';\n');
 }
 
-/**
- * For a tenant on another server than the registry's: the same scoping without the registry
- * row (it is not there), which a statement on the main server reads at the same time
- * (`REMOTE_STATUS_SQL`), so the tenant's status is still checked on every call.
- */
-function remoteScopeSql(tenantRoles: boolean, checkSession: boolean): string {
-  const before = checkSession ? `${SESSION_BEFORE_COLUMN},\n       ` : '';
-  const role = tenantRoles ? `,\n       set_config('role', ?, true) as role` : '';
-  return `select ${before}set_config('search_path', ?, true) as search_path,
-       to_regnamespace(?) is not null as schema_exists${role}`;
+/** The scoping statements without their BEGIN: for a Knex whose transactions cannot carry it (see `run`). */
+const AFTER_BEGIN = 'BEGIN;\n'.length;
+
+/** What the scoping query read: the session's settings before it, the schema it scoped to, the registry row. */
+interface Scoped {
+  readonly sessionBefore: string | undefined;
+  readonly scoped: string | undefined;
+  readonly orgId: string | null;
+  readonly status: string | null;
+}
+
+type QueryResult = { rows?: Record<string, unknown>[] };
+
+/** Reads the scoping query's results (one per statement, or one when there is a single statement). */
+function scopedOf(response: unknown): Scoped {
+  const results = (Array.isArray(response) ? response : [response]) as QueryResult[];
+  const row = (column: string) => results.find((r) => r?.rows?.[0] && column in r.rows[0])?.rows?.[0];
+  const before = row('session_before');
+  const scope = row('scoped');
+  return {
+    sessionBefore: before?.session_before as string | undefined,
+    scoped: scope?.scoped as string | undefined,
+    orgId: (scope?.org_id as string | null | undefined) ?? null,
+    status: (scope?.status as string | null | undefined) ?? null,
+  };
 }
 
 /** The registry row's status, counted only while it names this schema on this server. */
 const REMOTE_STATUS_SQL = `select case when schema_name = ? and server = ? then status end as status
   from public.tenants where clerk_org_id = ?`;
 
-function remoteScopeBindings(schema: string, tenantRoles: boolean): readonly string[] {
-  const bindings = [tenantSearchPath(schema), quoteIdent(schema)];
-  if (tenantRoles) bindings.push(tenantRoleName(schema));
-  return Object.freeze(bindings);
-}
-
-/** The scoping statement's bindings for a tenant, in the order of `scopeSql`'s placeholders. */
-function scopeBindings(orgId: string, schema: string, tenantRoles: boolean): readonly string[] {
-  const bindings = [tenantSearchPath(schema), quoteIdent(schema), schema];
-  if (tenantRoles) bindings.push(tenantRoleName(schema));
-  bindings.push(orgId);
-  return Object.freeze(bindings);
+/**
+ * What Knex's `transaction()` returns, as far as `run` uses it: a promise whose `begin` (sending
+ * `BEGIN;`) is called once a connection is acquired, after the current synchronous code.
+ */
+interface KnexTransactionStart {
+  begin?: (connection: unknown) => Promise<unknown>;
+  trxClient?: { query(connection: unknown, query: { sql: string }): Promise<{ response?: unknown }> };
 }
 
 /**
@@ -201,8 +208,6 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
   const cache = new ExpiringLru<string, CachedTenant>(settings.max, now);
   const lookups = new Map<string, Promise<CachedTenant>>();
   const counters = { hits: 0, lookups: 0, leaks: 0 };
-  const scopeStatement = scopeSql(settings.tenantRoles, settings.checkSession);
-  const remoteScopeStatement = remoteScopeSql(settings.tenantRoles, settings.checkSession);
   const servers = options.servers;
   const onSessionLeak = options.onSessionLeak ?? warnSessionLeakOnce;
   const lazy =
@@ -240,10 +245,11 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
       server,
       pool,
       scope: Object.freeze({ orgId, schema: row.schema }),
-      bindings:
-        server === null
-          ? scopeBindings(orgId, row.schema, settings.tenantRoles)
-          : remoteScopeBindings(row.schema, settings.tenantRoles),
+      scoping: scopeSql(row.schema, {
+        registry: server === null,
+        tenantRoles: settings.tenantRoles,
+        checkSession: settings.checkSession,
+      }),
     };
     cache.set(orgId, tenant, settings.ttlMs);
     return tenant;
@@ -270,45 +276,42 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     return pending;
   };
 
-  /** Scopes the transaction; returns the session's watched settings before it (with the session check). */
-  const scope = async (
-    trx: Knex.Transaction,
-    tenant: CachedTenant,
-    registry: Promise<string | null> | undefined,
-  ): Promise<string | undefined> => {
-    let row: { schema_exists: boolean; status: string | null; session_before?: string } | undefined;
-    try {
-      if (registry === undefined) row = (await trx.raw(scopeStatement, tenant.bindings as string[])).rows[0];
-      else {
-        const [scoped, status] = await Promise.all([
-          trx.raw(remoteScopeStatement, tenant.bindings as string[]),
-          registry,
-        ]);
-        row = status === null ? undefined : { ...scoped.rows[0], status };
-      }
-    } catch (error) {
-      const role = settings.tenantRoles ? tenantRoleName(tenant.schema) : undefined;
-      if (!role || !isRoleSwitchFailure(error, role)) throw registryError(error);
-      // No role: not made yet (`tenants:roles`), or dropped with its tenant since it was cached.
-      // The registry says which: look again, and report a missing role only for a tenant it serves.
+  /**
+   * Checks what the scoping read (see `scopeSql`); returns the session's watched settings before
+   * it (with the session check). Throws StaleEntry when the registry no longer matches the cache.
+   */
+  const check = async (tenant: CachedTenant, read: Scoped, registry: Promise<string | null> | undefined) => {
+    // On the main server, the registry row of the schema counts only while it belongs to this org.
+    const status = registry === undefined ? (read.orgId === tenant.orgId ? read.status : null) : await registry;
+    if (read.scoped !== tenant.schema) {
+      // The schema is gone (the path fell through to public): the registry says whether the
+      // tenant was archived or deleted meanwhile; if it still says ACTIVE, the schema is missing.
       cache.delete(tenant.orgId);
-      throw new StaleEntry(new TenantRoleError(tenant.orgId, tenant.schema, role, error));
+      throw new StaleEntry(
+        new TenantUnavailableError(tenant.orgId, tenant.schema, status ?? 'ACTIVE', 'schema-missing'),
+      );
     }
-    // No row: the org is no longer registered; a null status: its row names another schema now.
-    if (row?.status == null) {
+    // No row, or a row naming another schema (or server) now: look again.
+    if (status === null) {
       cache.delete(tenant.orgId);
       throw new StaleEntry();
     }
-    if (row.status !== 'ACTIVE') {
+    if (status !== 'ACTIVE') {
       cache.delete(tenant.orgId);
       // ARCHIVED or DELETED since it was cached: TenantArchivedError at once, whatever the cache's TTL.
-      throw notServedError(tenant.orgId, tenant.schema, row.status);
+      throw notServedError(tenant.orgId, tenant.schema, status);
     }
-    if (!row.schema_exists) {
-      cache.delete(tenant.orgId);
-      throw new TenantUnavailableError(tenant.orgId, tenant.schema, row.status, 'schema-missing');
-    }
-    return row.session_before;
+    return read.sessionBefore;
+  };
+
+  /** A failed scoping: a role that cannot be switched to says so after one fresh look; others as they are. */
+  const scopingError = (tenant: CachedTenant, error: unknown): unknown => {
+    const role = settings.tenantRoles ? tenantRoleName(tenant.schema) : undefined;
+    if (!role || !isRoleSwitchFailure(error, role)) return registryError(error);
+    // No role: not made yet (`tenants:roles`), or dropped with its tenant since it was cached.
+    // The registry says which: look again, and report a missing role only for a tenant it serves.
+    cache.delete(tenant.orgId);
+    return new StaleEntry(new TenantRoleError(tenant.orgId, tenant.schema, role, error));
   };
 
   /** On the main server, for a tenant elsewhere: its registry status, read while its transaction begins. */
@@ -317,12 +320,30 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
     return (result.rows[0] as { status: string | null } | undefined)?.status ?? null;
   };
 
-  /** One transaction scoped to the tenant; session settings `cb` changed are set back before the connection is reused. */
-  const run = <T>(tenant: CachedTenant, cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>): Promise<T> => {
+  /**
+   * One transaction scoped to the tenant; session settings `cb` changed are set back before the
+   * connection is reused. Knex sends a transaction's `BEGIN;` through its `begin` method once a
+   * connection is acquired, after this synchronous code: that method is replaced, for this
+   * transaction only, by one that sends BEGIN with the scoping (one round trip, not two). If a
+   * Knex ever started differently, the scoping runs after its BEGIN, as a statement of its own.
+   */
+  const run = async <T>(
+    tenant: CachedTenant,
+    cb: (trx: Knex.Transaction, tenant: TenantScope) => Promise<T>,
+  ): Promise<T> => {
     const registry = tenant.server === null ? undefined : remoteStatus(tenant);
-    registry?.catch(() => undefined); // awaited in `scope`; this only keeps an early failure from going unhandled
-    return tenant.pool.transaction(async (trx) => {
-      const before = await scope(trx, tenant, registry);
+    registry?.catch(() => undefined); // awaited in `check`; this only keeps an early failure from going unhandled
+    let response: unknown;
+    let failedScoping: unknown;
+    const transaction = tenant.pool.transaction(async (trx) => {
+      if (response === undefined) {
+        try {
+          response = await trx.raw(tenant.scoping.slice(AFTER_BEGIN));
+        } catch (error) {
+          throw scopingError(tenant, error);
+        }
+      }
+      const before = await check(tenant, scopedOf(response), registry);
       if (before !== undefined)
         checkSessionAtCommit(trx, before, (changed) => {
           counters.leaks++;
@@ -330,6 +351,28 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
         });
       return cb(trx, tenant.scope);
     });
+    const start = transaction as unknown as KnexTransactionStart;
+    if (typeof start.begin === 'function') {
+      start.begin = async (connection) => {
+        try {
+          response = (await start.trxClient!.query(connection, { sql: tenant.scoping })).response;
+        } catch (error) {
+          failedScoping = error;
+          // A failed statement after BEGIN leaves the transaction open and aborted: end it before
+          // Knex hands the connection back to the pool (it only rolls back what it began itself).
+          await start.trxClient!.query(connection, { sql: 'ROLLBACK' }).catch(() => {
+            (connection as { __knex__disposed?: unknown }).__knex__disposed =
+              'the tenant scoping failed and could not be rolled back';
+          });
+          throw error;
+        }
+      };
+    }
+    try {
+      return await transaction;
+    } catch (error) {
+      throw error === failedScoping ? scopingError(tenant, error) : error;
+    }
   };
 
   return {
