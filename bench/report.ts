@@ -47,6 +47,7 @@ const LABELS: Record<string, string> = {
   'provision.toolkit': 'provision one tenant — provisionTenant',
   'provision.floor': 'provision one tenant — floor (one transaction)',
   'provision.floor.booked': 'provision one tenant — floor with registry + tracking rows',
+  'provision.noguard': 'provision one tenant — provisionTenant, ESCAPE_GUARD=off',
   'cpu.migrate.toolkit': 'client CPU — migrate:tenants',
   'cpu.migrate.dryrun': 'client CPU — migrate:tenants --dry-run',
   'cpu.migrate.noguard': 'client CPU — migrate:tenants, escape guard off',
@@ -159,6 +160,26 @@ export function checkTargets(summaries: readonly Summary[]): TargetCheck[] {
     if (!provToolkit || !floor) continue;
     const ratio = provToolkit.median / floor.median;
     checks.push({ target: `provisioning p50 ≤ 1.2× ${what}`, actual: `${ratio.toFixed(2)}×`, met: ratio <= 1.2 });
+  }
+  // withTenant against the same transaction written by hand in Knex on the same pool (and, for
+  // reading, against raw `pg` on a connection of that pool), with and without tenant roles.
+  for (const suffix of ['', '.pool'] as const) {
+    const knexFloor = get(`runtime.knex${suffix}`);
+    const raw = get(`runtime.raw${suffix}`);
+    for (const [mode, what] of [
+      ['checked', 'withTenant'],
+      ['roles', 'withTenant with SET LOCAL ROLE'],
+    ] as const) {
+      const s = get(`runtime.${mode}${suffix}`);
+      if (!s || !knexFloor) continue;
+      const ratio = s.median / knexFloor.median;
+      const callers = suffix === '' ? 'one caller' : 'pool-size callers';
+      checks.push({
+        target: `${what} ≤ 1.2× the transaction by hand in Knex (${callers})`,
+        actual: `${ratio.toFixed(2)}×${raw ? ` (raw pg: ${(s.median / raw.median).toFixed(2)}×)` : ''}`,
+        met: ratio <= 1.2,
+      });
+    }
   }
   const rssSmall = get('rss.migrate.toolkit');
   const rssBig = get('rss.migrate.toolkit.big');

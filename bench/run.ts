@@ -17,7 +17,7 @@ import { capacity } from './variants/capacity.ts';
 import { costs } from './variants/costs.ts';
 import { floor } from './variants/floor.ts';
 import { naive } from './variants/naive.ts';
-import { provision, provisionFloor } from './variants/provision.ts';
+import { provision } from './variants/provision.ts';
 import { report } from './variants/report.ts';
 import { runtime } from './variants/runtime.ts';
 import { extraServerUrls, openExtraServers, ServersUnavailableError, servers } from './variants/servers.ts';
@@ -26,7 +26,7 @@ import { toolkit } from './variants/toolkit.ts';
 import type { BenchContext, Measurement, Variant } from './variants/types.ts';
 
 /** Interleaved and repeated, in this order rotated by one each round. */
-const ROUND: readonly Variant[] = [naive, toolkit, floor, costs, provision, provisionFloor];
+const ROUND: readonly Variant[] = [naive, toolkit, floor, costs, provision];
 /** Built once (it is the large fleet); repeats happen inside it. */
 const ONCE: readonly Variant[] = [big, report, startup, runtime, capacity];
 const ALL = [...ROUND, ...ONCE];

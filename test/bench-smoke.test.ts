@@ -12,19 +12,7 @@ import { EXTRA_SERVER_URLS } from './support/servers.ts';
  * (timings are not asserted: benchmarks are not tests), else its refusal of the embedded engine.
  */
 const CONNECTION_VARS = ['DATABASE_URL', 'DB_HOST', 'DB_PORT', 'DB_USER', 'DB_PASSWORD', 'DB_NAME'];
-const VARIANTS = [
-  'naive',
-  'toolkit',
-  'floor',
-  'costs',
-  'provision',
-  'provision-floor',
-  'big',
-  'report',
-  'startup',
-  'runtime',
-  'capacity',
-];
+const VARIANTS = ['naive', 'toolkit', 'floor', 'costs', 'provision', 'big', 'report', 'startup', 'runtime', 'capacity'];
 const METRICS = [
   'migrate.naive',
   'noop.naive',
@@ -42,6 +30,7 @@ const METRICS = [
   'provision.toolkit',
   'provision.floor',
   'provision.floor.booked',
+  'provision.noguard',
   'migrate.toolkit.big',
   'noop.toolkit.big',
   'status.toolkit.big',

@@ -7,67 +7,72 @@ import { migrateRaw } from './floor.ts';
 import type { Measurement, Variant } from './types.ts';
 
 /**
- * Provisioning latency as an application sees it: one toolkit (one pool) open, then
- * `provisionTenant` for new organisations one after another, each call timed. One warm-up
- * call first (loading the migration files), not counted, as for the floor.
- */
-export const provision: Variant = {
-  name: 'provision',
-  description: 'provisionTenant, in-process, one organisation at a time',
-  run: (ctx) =>
-    withFreshDatabase(ctx.server, 'provision', async (database): Promise<Measurement[]> => {
-      await migrateMaster(ctx.server, database);
-      const toolkit = await openToolkit(ctx.server.configFor(database, benchOverrides()));
-      const values: number[] = [];
-      try {
-        for (let i = 0; i <= ctx.provisions; i++) {
-          const started = performance.now();
-          const report = await toolkit.provisionTenant(`org_prov_${i}`);
-          const ms = performance.now() - started;
-          if (report.outcome !== 'provisioned')
-            throw new Error(`provisioning org_prov_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
-          if (i > 0) values.push(ms);
-        }
-      } finally {
-        await toolkit.close();
-      }
-      return [{ metric: 'provision.toolkit', unit: 'ms', tenants: 1, values }];
-    }),
-};
-
-/**
- * Two floors for one tenant, measured alternately in the same loop on one open connection:
+ * Provisioning latency as an application sees it, against two floors, interleaved tenant by
+ * tenant in ONE database (so that all three pay for the same catalog size, the same autovacuum
+ * and the same background load): one toolkit (one pool) open and one plain `pg` connection;
+ * for each new organisation, in turn:
+ * - `provision.toolkit`: `provisionTenant`, timed as the caller sees it;
  * - `provision.floor`: `CREATE SCHEMA` and the same SQL in one transaction, nothing else;
  * - `provision.floor.booked`: what any correct provisioner must also write, in raw SQL with the
  *   fewest round trips: the registry row (committed first, so that a crash leaves a trace), then
  *   one transaction with the schema, Knex's tracking table and its lock table (as `knex
  *   migrate:latest` creates them), the same SQL, the tracking rows and the registry row set ACTIVE.
  *   No lock, no escape guard, no ledger, no digest: the toolkit's price for those is the ratio.
+ * - `provision.noguard`: `provisionTenant` with `ESCAPE_GUARD=off` (a second toolkit): what the
+ *   escape guard costs a new tenant (context, not a target).
+ * One warm-up round first (loading the migration files), not counted.
  */
-export const provisionFloor: Variant = {
-  name: 'provision-floor',
-  description: 'floors for one tenant: create schema + the same SQL; and with registry and tracking rows',
+export const provision: Variant = {
+  name: 'provision',
+  description: 'provisionTenant, in-process, one organisation at a time, interleaved with its two raw-SQL floors',
   run: (ctx) =>
-    withFreshDatabase(ctx.server, 'provfloor', async (database): Promise<Measurement[]> => {
+    withFreshDatabase(ctx.server, 'provision', async (database): Promise<Measurement[]> => {
       await migrateMaster(ctx.server, database);
+      const toolkit = await openToolkit(ctx.server.configFor(database, benchOverrides()));
+      const unguarded = await openToolkit(ctx.server.configFor(database, { ...benchOverrides(), ESCAPE_GUARD: 'off' }));
       const client = await ctx.server.client(database);
-      const bare: number[] = [];
-      const booked: number[] = [];
+      const values = { toolkit: [] as number[], bare: [] as number[], booked: [] as number[], noguard: [] as number[] };
       try {
         for (let i = 0; i <= ctx.provisions; i++) {
-          let started = performance.now();
-          await migrateRaw(client, `tid_prov_${i}`, ctx.statements, true);
-          if (i > 0) bare.push(performance.now() - started);
-          started = performance.now();
-          await provisionRaw(client, `org_floor_${i}`, `tid_provb_${i}`, ctx.statements);
-          if (i > 0) booked.push(performance.now() - started);
+          // The order rotates, so that none of the three always runs right after another.
+          const steps = [
+            async () => {
+              const report = await toolkit.provisionTenant(`org_prov_${i}`);
+              if (report.outcome !== 'provisioned')
+                throw new Error(`provisioning org_prov_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
+              return values.toolkit;
+            },
+            async () => {
+              const report = await unguarded.provisionTenant(`org_provng_${i}`);
+              if (report.outcome !== 'provisioned')
+                throw new Error(`provisioning org_provng_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
+              return values.noguard;
+            },
+            async () => {
+              await migrateRaw(client, `tid_prov_${i}`, ctx.statements, true);
+              return values.bare;
+            },
+            async () => {
+              await provisionRaw(client, `org_floor_${i}`, `tid_provb_${i}`, ctx.statements);
+              return values.booked;
+            },
+          ];
+          for (let k = 0; k < steps.length; k++) {
+            const started = performance.now();
+            const into = await steps[(i + k) % steps.length]!();
+            if (i > 0) into.push(performance.now() - started);
+          }
         }
       } finally {
         await client.end();
+        await toolkit.close();
+        await unguarded.close();
       }
       return [
-        { metric: 'provision.floor', unit: 'ms', tenants: 1, values: bare },
-        { metric: 'provision.floor.booked', unit: 'ms', tenants: 1, values: booked },
+        { metric: 'provision.toolkit', unit: 'ms', tenants: 1, values: values.toolkit },
+        { metric: 'provision.floor', unit: 'ms', tenants: 1, values: values.bare },
+        { metric: 'provision.floor.booked', unit: 'ms', tenants: 1, values: values.booked },
+        { metric: 'provision.noguard', unit: 'ms', tenants: 1, values: values.noguard },
       ];
     }),
 };
