@@ -197,8 +197,8 @@ class StaleEntry extends Error {
 }
 
 /**
- * Creates the tenant-aware client. Per `withTenant`: on a cache hit, four round trips (BEGIN,
- * the scoping statement, COMMIT, plus the callback's own); a miss adds one registry lookup.
+ * Creates the tenant-aware client. Per `withTenant`: on a cache hit, three round trips (BEGIN with
+ * the scoping, COMMIT, plus the callback's own); a miss adds one registry lookup.
  * Throws ConfigError listing every invalid option.
  */
 export function createTenantClient(options: TenantClientOptions): TenantClient {
