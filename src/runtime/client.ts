@@ -282,7 +282,14 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
    */
   const check = async (tenant: CachedTenant, read: Scoped, registry: Promise<string | null> | undefined) => {
     // On the main server, the registry row of the schema counts only while it belongs to this org.
-    const status = registry === undefined ? (read.orgId === tenant.orgId ? read.status : null) : await registry;
+    const status =
+      registry === undefined
+        ? read.orgId === tenant.orgId
+          ? read.status
+          : null
+        : await registry.catch((error: unknown) => {
+            throw registryError(error);
+          });
     if (read.scoped !== tenant.schema) {
       // No registry row for the schema first on the path: the registry changed, or the schema is
       // gone (the path fell through to public). A fresh lookup says which: an org archived,

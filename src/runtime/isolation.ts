@@ -4,9 +4,9 @@ import { TenantAccessError } from './errors.ts';
 
 /**
  * What `withTenant` leaves on a pooled connection: nothing. Its own scoping is transaction-local
- * (`set_config(…, true)`), but a callback may break the rule and run a session-level `SET
+ * (`SET LOCAL`), but a callback may break the rule and run a session-level `SET
  * search_path`, `SET ROLE` or `set_config(…, false)`, which outlives COMMIT and would reach the
- * next user of the connection. So the scoping statement reads the session's values of the
+ * next user of the connection. So the scoping query reads the session's values of the
  * settings below before it changes anything, the COMMIT reads them again in the same round trip,
  * and on a connection whose values changed they are set back (one more round trip, on that path
  * only) before it goes back to the pool; if that fails, the connection is discarded.
@@ -37,11 +37,10 @@ const SIGNATURE = `concat_ws(chr(31), current_user, ${WATCHED_SETTINGS.slice(1)
   .join(', ')})`;
 
 /**
- * The first column of the scoping statement when the session is checked. A select list without
- * FROM is evaluated left to right, so it reads the session's values before the `set_config`
- * calls after it change them. (A FROM subquery fenced with `offset 0` says the same more
- * explicitly but cost about 0.8 ms more per call when measured: planning.) The isolation test
- * would see every call reported as a leak if this order ever changed.
+ * Selected by the scoping query when the session is checked: its own statement, right after
+ * BEGIN and before the statements that set the search path and the role, so it reads the
+ * session's values before they change. The isolation test would see every call reported as a
+ * leak if this order ever changed.
  */
 export const SESSION_BEFORE_COLUMN = `${SIGNATURE} as session_before`;
 
@@ -105,7 +104,7 @@ function restoreSql(changed: SessionLeakEvent['changed']): { text: string; value
 
 /**
  * Makes the COMMIT of `trx` also read the watched settings, in the same round trip (`COMMIT;
- * select …` as one simple query), and compares them with `before` (read by the scoping statement
+ * select …` as one simple query), and compares them with `before` (read by the scoping query
  * at the start of the transaction). Settings found changed are set back before Knex releases the
  * connection to the pool (one more round trip, on that path only; if that fails, the connection
  * is discarded), then reported to `onChanged`. No COMMIT (the callback threw, the transaction rolled
@@ -165,7 +164,7 @@ export class TenantRoleError extends TenantAccessError {
   }
 }
 
-/** Whether a failed scoping statement failed on the role switch (`set_config('role', …)`). */
+/** Whether a failed scoping query failed on the role switch (`SET LOCAL ROLE`). */
 export function isRoleSwitchFailure(error: unknown, role: string): boolean {
   const state = sqlState(error);
   // The whole message: Knex puts the statement's text before the server's words.
