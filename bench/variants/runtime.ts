@@ -27,13 +27,12 @@ type Mode = 'raw' | 'knex' | 'unchecked' | 'checked' | 'roles';
  * - `roles`: `withTenant` with `tenantRoles: true` (`TENANT_ROLES=on`: also `SET LOCAL ROLE`).
  * Modes are interleaved, ROUNDS times; each value is the mean ms per call of one batch.
  *
- * Measured (docs/isolation.md, *Cost*; medians of five runs on a shared 2-core VM, pool 10):
- * one caller, `knex` 1.87× `raw`, `checked` 1.28× `knex` (2.41× `raw`), `roles` 1.25×; ten
- * callers, `knex` 2.10× `raw`, `checked` 1.31× `knex` (2.76× `raw`), `roles` 1.33×. `knex` costs
- * about twice `raw` (a Knex instance built per transaction, a Runner per query); `withTenant`
- * sends the same four round trips as `knex`, and most of what it adds is server time that its
- * guarantees need: the registry row re-read (and planned) on every call, and the session's
- * settings read in the scoping statement and again after COMMIT.
+ * Measured (docs/isolation.md, *Cost*; medians of three runs on a 2-core VM, pool 10): one
+ * caller, `knex` 1.32× `raw`, `checked` 0.97× `knex` (1.30× `raw`), `roles` 1.02×; ten callers,
+ * `knex` 1.94× `raw`, `checked` 1.24× `knex` (2.60× `raw`), `roles` 1.21×. `knex` costs more than
+ * `raw` (a Knex instance built per transaction, a Runner per query); `withTenant` sends one round
+ * trip fewer than `knex` (BEGIN goes with its scoping), and what it adds under load is mostly its
+ * session check.
  */
 export const runtime: Variant = {
   name: 'runtime',
