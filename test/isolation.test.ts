@@ -232,6 +232,14 @@ describe('least privilege and TENANT_ROLES=on (server only: skipped on PGlite, w
     const refused = await tenants.withTenant(LATE[0]!, async () => 'ran').catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(TenantRoleError);
     expect((refused as TenantRoleError).message).toMatch(/does not exist.*tenants:roles/);
+    // The role switch failed inside the transaction that BEGIN opened in the same round trip: it
+    // was rolled back before the connection went back to the pool (one connection here: an
+    // aborted transaction left on it would fail the next statement).
+    const single = appKnex(1);
+    const once = createTenantClient({ knex: single, tenantRoles: true });
+    await expect(once.withTenant(LATE[0]!, async () => 'ran')).rejects.toBeInstanceOf(TenantRoleError);
+    const after = await single.raw('select current_setting(?) as path, current_user as who', ['search_path']);
+    expect(after.rows[0]).toEqual({ path: '"$user", public', who: APP });
 
     const env = {
       DATABASE_URL: urlAs(MIGRATOR),
