@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { openToolkit } from '../../src/toolkit.ts';
+import { openToolkit, type Toolkit } from '../../src/toolkit.ts';
 import type { Statement } from '../capture.ts';
 import { benchOverrides, migrateMaster } from '../seed.ts';
 import { withFreshDatabase } from '../server.ts';
@@ -34,20 +34,16 @@ export const provision: Variant = {
       const values = { toolkit: [] as number[], bare: [] as number[], booked: [] as number[], noguard: [] as number[] };
       try {
         for (let i = 0; i <= ctx.provisions; i++) {
-          // The order rotates, so that none of the three always runs right after another.
+          // The order rotates, so that no series always runs right after the same other one.
+          const provisioned = (tk: Toolkit, orgId: string, into: number[]) => async () => {
+            const report = await tk.provisionTenant(orgId);
+            if (report.outcome !== 'provisioned')
+              throw new Error(`provisioning ${orgId}: ${report.outcome} ${report.error?.message ?? ''}`);
+            return into;
+          };
           const steps = [
-            async () => {
-              const report = await toolkit.provisionTenant(`org_prov_${i}`);
-              if (report.outcome !== 'provisioned')
-                throw new Error(`provisioning org_prov_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
-              return values.toolkit;
-            },
-            async () => {
-              const report = await unguarded.provisionTenant(`org_provng_${i}`);
-              if (report.outcome !== 'provisioned')
-                throw new Error(`provisioning org_provng_${i}: ${report.outcome} ${report.error?.message ?? ''}`);
-              return values.noguard;
-            },
+            provisioned(toolkit, `org_prov_${i}`, values.toolkit),
+            provisioned(unguarded, `org_provng_${i}`, values.noguard),
             async () => {
               await migrateRaw(client, `tid_prov_${i}`, ctx.statements, true);
               return values.bare;

@@ -21,6 +21,15 @@ interface KnexClientInternals {
 type PooledConnection = { __knex__disposed?: unknown };
 
 /**
+ * Marks a pooled connection so that Knex never hands it out again: Knex's own mark, which the
+ * pool checks when the connection is released or validated, destroying it and opening a fresh
+ * one. For a connection that may hold session state we could not clean up.
+ */
+export function discardConnection(connection: unknown, reason: unknown): void {
+  (connection as PooledConnection).__knex__disposed = reason;
+}
+
+/**
  * Runs `cb` with a Knex whose every query goes to one connection taken from the pool, in
  * autocommit mode. The connection returns to the pool afterwards; if `cb` failed, it is
  * discarded instead, so that no session state it may have left (search_path, locks) can
@@ -44,7 +53,7 @@ export async function withDedicatedConnection<T>(knex: Knex, cb: (conn: Knex) =>
     clean = true;
     return result;
   } finally {
-    if (!clean) connection.__knex__disposed = new Error('discarded after a failed dedicated-connection task');
+    if (!clean) discardConnection(connection, new Error('discarded after a failed dedicated-connection task'));
     await client.releaseConnection(connection);
   }
 }

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { DEFAULTS, parseDuration } from '../config/config.ts';
+import { discardConnection } from '../db/dedicated.ts';
 import { quoteIdent, tenantSearchPath } from '../db/identifiers.ts';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { ConfigError, messageOf, RegistryMissingError } from '../errors.ts';
@@ -369,8 +370,7 @@ export function createTenantClient(options: TenantClientOptions): TenantClient {
           // A failed statement after BEGIN leaves the transaction open and aborted: end it before
           // Knex hands the connection back to the pool (it only rolls back what it began itself).
           await start.trxClient!.query(connection, { sql: 'ROLLBACK' }).catch(() => {
-            (connection as { __knex__disposed?: unknown }).__knex__disposed =
-              'the tenant scoping failed and could not be rolled back';
+            discardConnection(connection, 'the tenant scoping failed and could not be rolled back');
           });
           throw error;
         }

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { discardConnection } from '../db/dedicated.ts';
 import { SQLSTATE, sqlState } from '../db/pg-errors.ts';
 import { TenantAccessError } from './errors.ts';
 
@@ -77,7 +78,6 @@ export function warnSessionLeakOnce(event: SessionLeakEvent): void {
 
 interface PooledConnection {
   query(config: { text: string; values: string[] }): Promise<unknown>;
-  __knex__disposed?: unknown;
 }
 
 /** What Knex hands to a transaction's client: its text (BEGIN, COMMIT) or a compiled query. */
@@ -132,9 +132,7 @@ export function checkSessionAtCommit(
       if (after === undefined || after === before) return result;
       const changed = changedSettings(before, after);
       await connection.query(restoreSql(changed)).catch(() => {
-        // Knex's own mark for a connection it must not hand out again: the pool destroys it on
-        // its next validation and opens a fresh one.
-        connection.__knex__disposed = 'a withTenant callback changed session settings that could not be set back';
+        discardConnection(connection, 'a withTenant callback changed session settings that could not be set back');
       });
       // After the restore: a throwing `onChanged` cannot leave the settings on the connection.
       onChanged(changed);
